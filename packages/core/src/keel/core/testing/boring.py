@@ -1,0 +1,135 @@
+"""Small, fast stand-ins for real models and data, for tests of the runtime."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from keel.core.data.sampling import resumable_loader
+
+
+class RandomTokenDataset(Dataset):
+    """Fixed random token sequences (seeded), returned as ``{"input_ids", "labels"}``.
+
+    Args:
+        size: Number of sequences.
+        length: Tokens per sequence.
+        vocab_size: Token ids are drawn from ``[0, vocab_size)``.
+        seed: Seed of the generator (independent of the global RNG).
+    """
+
+    def __init__(self, size: int = 64, length: int = 16, vocab_size: int = 32, seed: int = 0) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.data = torch.randint(0, vocab_size, (size, length), generator=generator)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.data[index], "labels": self.data[index]}
+
+
+class BoringDataModule(L.LightningDataModule):
+    """A data module over :class:`RandomTokenDataset` with a resumable training loader.
+
+    Args:
+        size: Training sequences.
+        length: Tokens per sequence.
+        vocab_size: Vocabulary size.
+        batch_size: Per-process batch size.
+        seed: Seed of the data and of the training order.
+    """
+
+    def __init__(self, size: int = 64, length: int = 16, vocab_size: int = 32, batch_size: int = 4, seed: int = 0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.train_set = RandomTokenDataset(size, length, vocab_size, seed)
+        self.val_set = RandomTokenDataset(max(size // 4, batch_size), length, vocab_size, seed + 1)
+
+    def train_dataloader(self) -> DataLoader:  # noqa: D102
+        trainer = self.trainer
+        return resumable_loader(
+            self.train_set,
+            self.hparams.batch_size,
+            seed=self.hparams.seed,
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+        )
+
+    def val_dataloader(self) -> DataLoader:  # noqa: D102
+        return DataLoader(self.val_set, batch_size=self.hparams.batch_size)
+
+
+class BoringModule(L.LightningModule):
+    """A tiny next-token model (embedding, dropout, linear) with one shared ``step``.
+
+    Dropout is on by default so that tests of exact resume also cover the RNG state.
+
+    Args:
+        vocab_size: Vocabulary size.
+        hidden: Hidden width.
+        dropout: Dropout probability.
+        lr: SGD-with-momentum learning rate (momentum makes the optimizer state matter on resume).
+        optimizer: An optional optimizer factory taking the parameters (overrides ``lr``).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 32,
+        hidden: int = 16,
+        dropout: float = 0.1,
+        lr: float = 0.1,
+        optimizer: Any = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.optimizer_factory = optimizer
+        self.embed = nn.Embedding(vocab_size, hidden)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden, vocab_size)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self.head(self.drop(self.embed(input_ids)))
+
+    def step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        """Next-token cross-entropy, logged as ``<stage>/loss``."""
+        logits = self(batch["input_ids"])[:, :-1]
+        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1))
+        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=stage != "train")
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:  # noqa: D102
+        return self.step(batch, "train")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:  # noqa: D102
+        return self.step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:  # noqa: D102
+        return self.step(batch, "test")
+
+    def configure_optimizers(self) -> Any:  # noqa: D102
+        if self.optimizer_factory is not None:
+            optimizer = self.optimizer_factory(self.parameters())
+        else:
+            optimizer = torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.5)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class SlowDown(L.Callback):
+    """Sleeps after every training batch, so a test can interrupt a run at a chosen point.
+
+    Args:
+        seconds: Sleep per batch.
+    """
+
+    def __init__(self, seconds: float = 0.05) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:  # noqa: D102
+        time.sleep(self.seconds)
