@@ -133,3 +133,32 @@ class SlowDown(L.Callback):
 
     def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:  # noqa: D102
         time.sleep(self.seconds)
+
+
+class GradientRecorder(L.Callback):
+    """Saves the first step's loss and (synchronised) gradients of each rank to ``<run dir>/grads-rank<r>.pt``.
+
+    Gradients are read in ``on_before_optimizer_step``, after DDP's all-reduce, so a test can compare
+    a multi-process step with a single-process one over the same global batch.
+    """
+
+    def __init__(self) -> None:
+        self._loss: torch.Tensor | None = None
+        self._done = False
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:  # noqa: D102
+        if self._loss is None:
+            self._loss = outputs["loss"].detach().clone()
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:  # noqa: D102
+        if self._done:
+            return
+        self._done = True
+        grads = {n: p.grad.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None}
+        self._grads = grads
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        from pathlib import Path
+
+        path = Path(trainer.default_root_dir) / f"grads-rank{trainer.global_rank}.pt"
+        torch.save({"loss": self._loss, "grads": self._grads, "world_size": trainer.world_size}, path)
