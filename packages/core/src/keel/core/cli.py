@@ -179,7 +179,7 @@ def dispatch(argv: Sequence[str]) -> int:
 
     close = difflib.get_close_matches(verb, ["run", "list", "export", *plugins], n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
-    raise ConfigError(f"unknown command '{verb}'{hint}\n{_usage()}")
+    raise ConfigError(f"unknown command '{verb}'{hint}; `keel --help` lists the commands")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -226,6 +226,8 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, str):
+            value = _as_number(value)
         node = nested
         parts = key.split(".")
         for part in parts[:-1]:
@@ -234,6 +236,14 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
                 raise ConfigError(f"override '{item}' sets a key inside a value that is not a section")
         node[parts[-1]] = value
     return nested
+
+
+def _as_number(text: str) -> Any:
+    """YAML 1.1 reads ``1e-3`` as a string; a researcher typing it means a float."""
+    try:
+        return float(text) if any(c in text for c in ".eE") and not text.startswith("${") else int(text)
+    except ValueError:
+        return text
 
 
 def load_config(experiment: Experiment, overrides: list[str] | None = None, tiny: bool = False) -> DictConfig:

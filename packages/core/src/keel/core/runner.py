@@ -140,6 +140,18 @@ def _float_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def quiet_known_warnings() -> None:
+    """Silence library warnings that say nothing useful about a keel run."""
+    import warnings
+
+    # The run directory always holds resolved.yaml before the CSV logger starts; nothing is deleted.
+    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # keel's data modules set num_workers deliberately (0 is fastest for token blocks in memory).
+    warnings.filterwarnings("ignore", message=r".*does not have many workers which may be a bottleneck")
+    warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging interval")
+
+
 def fit(cfg: DictConfig, run_dir: Path, **trainer_overrides: Any) -> RunResult:
     """Build data, model and trainer from a resolved config and train.
 
@@ -154,6 +166,7 @@ def fit(cfg: DictConfig, run_dir: Path, **trainer_overrides: Any) -> RunResult:
     from keel.core.instantiate import instantiate
     from keel.core.trainer import build_trainer
 
+    quiet_known_warnings()
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     if cfg.data is None or cfg.model is None:
         raise ConfigError("the config needs both a model: and a data: section with a _target_")
