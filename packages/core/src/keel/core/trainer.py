@@ -196,6 +196,10 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
         )
     if cfg.logging.csv or cfg.logging.tensorboard:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if cfg.logging.csv:
+        from keel.core.plotting import LossCurveCallback
+
+        callbacks.append(LossCurveCallback())
     if bar := _progress_bar(cfg.logging.progress_bar):
         callbacks.append(bar)
     if cfg.logging.throughput:

@@ -162,3 +162,21 @@ class GradientRecorder(L.Callback):
 
         path = Path(trainer.default_root_dir) / f"grads-rank{trainer.global_rank}.pt"
         torch.save({"loss": self._loss, "grads": self._grads, "world_size": trainer.world_size}, path)
+
+
+class StepTimer(L.Callback):
+    """Records the wall time between consecutive training batch ends (for benchmarks).
+
+    The times of the latest run are kept on the class, so a benchmark can read them after ``fit``.
+    """
+
+    last_times: list[float] = []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        StepTimer.last_times = []
+        self._last = time.perf_counter()
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:  # noqa: D102
+        now = time.perf_counter()
+        StepTimer.last_times.append(now - self._last)
+        self._last = now
