@@ -5,6 +5,7 @@ Verbs::
     keel run <experiment> [key=value ...] [--tiny] [--print-config] [--debug]
     keel list
     keel export <run dir | checkpoint> [--format safetensors] [--checkpoint last|best] [--out FILE]
+    keel report <experiment> [--run RUN_DIR]
     keel <area> <verb> ...        commands that installed domain packages add (entry points "keel.commands")
 
 A problem the user can fix (a :class:`~keel.core.errors.KeelError`) is printed as one line on
@@ -26,6 +27,7 @@ from keel.core.errors import ConfigError, KeelError
 USAGE = """usage: keel run <experiment> [key=value ...] [--tiny] [--print-config] [--debug]
        keel list
        keel export <run dir | checkpoint> [--format safetensors] [--checkpoint last|best] [--out FILE]
+       keel report <experiment> [--run RUN_DIR]
        keel <area> <verb> ...   (commands added by installed keel packages: {areas})"""
 
 RUN_FLAGS = {"--tiny", "--print-config", "--debug"}
@@ -149,6 +151,25 @@ def cmd_export(argv: list[str]) -> int:
     return 0
 
 
+def cmd_report(argv: list[str]) -> int:
+    """``keel report``: write a finished run's results into its experiment README."""
+    from keel.core.config import find_experiment
+    from keel.core.report import latest_finished_run, report
+
+    parser = _Parser(prog="keel report", description="Fill an experiment README's results block from a run.")
+    parser.add_argument("experiment")
+    parser.add_argument("--run", default=None, help="the run directory (default: the latest finished run)")
+    parser.add_argument("--command", default=None, help="the command that produced the run (shown in the README)")
+    args = parser.parse_args(argv)
+    experiment = find_experiment(args.experiment)
+    runs_dir = Path(os.environ.get("KEEL_RUNS_DIR") or "runs").resolve()
+    run_dir = Path(args.run) if args.run else latest_finished_run(runs_dir, experiment.name)
+    command = args.command or f"keel run {experiment.name}" + (" --tiny" if "cpu" in (run_dir / "resolved.yaml").read_text() else "")
+    report(experiment.config_path.parent, run_dir, command)
+    print(f"wrote the results of {run_dir} into {experiment.config_path.parent / 'README.md'}")
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise ConfigError(f"{self.prog}: {message}")
@@ -167,6 +188,8 @@ def dispatch(argv: Sequence[str]) -> int:
         return cmd_list(rest)
     if verb == "export":
         return cmd_export(rest)
+    if verb == "report":
+        return cmd_report(rest)
     if verb == "--version":
         from keel.core import __version__
 
@@ -177,7 +200,7 @@ def dispatch(argv: Sequence[str]) -> int:
         return int(plugins[verb].load()(rest) or 0)
     import difflib
 
-    close = difflib.get_close_matches(verb, ["run", "list", "export", *plugins], n=1)
+    close = difflib.get_close_matches(verb, ["run", "list", "export", "report", *plugins], n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     raise ConfigError(f"unknown command '{verb}'{hint}; `keel --help` lists the commands")
 

@@ -1,0 +1,104 @@
+"""``keel report``: put a run's results into its experiment's README, so no number is typed by hand.
+
+The README holds a block between ``<!-- results:start -->`` and ``<!-- results:end -->``; this
+command replaces it with a table built from the run's ``summary.json`` and ``resolved.yaml``, the
+run's generated samples when there are any, and copies the run's ``loss_curve.png`` beside the
+README. Experiments with their own multi-run comparisons write the same block with their own script.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import shutil
+from pathlib import Path
+
+import yaml
+
+from keel.core.errors import ConfigError
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def replace_block(readme: Path, body: str) -> None:
+    """Replace the results block of ``readme`` with ``body``.
+
+    Raises:
+        ConfigError: If the README has no results markers.
+    """
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise ConfigError(f"{readme} has no {START} ... {END} block to fill")
+    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.DOTALL)
+    readme.write_text(pattern.sub(lambda _: f"{START}\n{body.rstrip()}\n{END}", text, count=1))
+
+
+def _hardware(summary: dict, resolved: dict) -> str:
+    trainer = resolved.get("trainer", {})
+    accelerator = trainer.get("accelerator", "?")
+    if accelerator == "cpu":
+        import os
+
+        return f"CPU ({os.cpu_count()} cores, {platform.machine()})"
+    return f"{accelerator} x {trainer.get('devices', '?')}"
+
+
+def run_table(run_dir: Path) -> str:
+    """A Markdown table of one run's final metrics, throughput and settings."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    resolved = yaml.safe_load((run_dir / "resolved.yaml").read_text())
+    trainer = resolved.get("trainer", {})
+    rows = [
+        ("steps", f"{summary['global_step']:,}"),
+        ("wall time", f"{summary['seconds'] / 60:.1f} min"),
+        ("hardware", _hardware(summary, resolved)),
+        ("strategy / precision", f"{trainer.get('strategy')} / {trainer.get('precision')}"),
+    ]
+    for key in sorted(summary["metrics"]):
+        if key.startswith(("val/", "test/")) and not key.endswith("_step"):
+            rows.append((key, f"{summary['metrics'][key]:.4f}"))
+    labels = {
+        "tokens_per_sec": "training tokens/s",
+        "samples_per_sec": "training samples/s",
+        "peak_memory_gb": "peak GPU memory (GiB)",
+        "peak_rss_gb": "peak process memory (GiB)",
+    }
+    for key, label in labels.items():
+        if key in summary.get("throughput", {}):
+            rows.append((label, f"{summary['throughput'][key]:,.2f}"))
+    lines = ["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]]
+    return "\n".join(lines)
+
+
+def report(experiment_dir: Path, run_dir: Path, command: str) -> None:
+    """Fill ``experiment_dir/README.md``'s results block from ``run_dir``.
+
+    Args:
+        experiment_dir: The experiment folder (holding README.md).
+        run_dir: The finished run to report.
+        command: The command that produced the run, shown above the table.
+    """
+    for needed in ("summary.json", "resolved.yaml"):
+        if not (run_dir / needed).is_file():
+            raise ConfigError(f"{run_dir} has no {needed}: is it a finished keel run?")
+    parts = [f"Produced by `{command}` (run `{run_dir.name}`), then `keel report {experiment_dir.name}`.", "", run_table(run_dir)]
+    curve = run_dir / "loss_curve.png"
+    if curve.is_file():
+        shutil.copyfile(curve, experiment_dir / "loss_curve.png")
+        parts += ["", "![training and validation loss](loss_curve.png)"]
+    samples = run_dir / "samples.txt"
+    if samples.is_file():
+        text = samples.read_text().strip()
+        last = text[text.rfind("=== step") :] if "=== step" in text else text
+        parts += ["", "Samples from the final model:", "", "```text", last[:2500].rstrip(), "```"]
+    replace_block(experiment_dir / "README.md", "\n".join(parts))
+
+
+def latest_finished_run(runs_dir: Path, experiment: str) -> Path:
+    """The newest run of ``experiment`` that wrote a ``summary.json``."""
+    folder = runs_dir / experiment
+    runs = sorted(p for p in folder.glob("*/summary.json")) if folder.is_dir() else []
+    if not runs:
+        raise ConfigError(f"no finished run of '{experiment}' under {runs_dir}; run `keel run {experiment}` first")
+    return runs[-1].parent

@@ -1,0 +1,68 @@
+"""Every experiment folder honours its contract: composes, checks, builds its strategy, and its tiny run finishes."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import yaml
+
+from keel.core.cli import main
+from keel.core.config import find_experiment, list_experiments, load_config
+from keel.core.instantiate import validate
+from keel.core.trainer import DEEPSPEED_PRESETS, deepspeed_strategy, load_deepspeed_config
+
+ROOT = Path(__file__).resolve().parents[1] / "experiments"
+EXPERIMENTS = [name for name, _ in list_experiments(ROOT)]
+
+
+def test_experiments_exist() -> None:
+    assert "quickstart" in EXPERIMENTS
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_folder_contract(name: str) -> None:
+    folder = ROOT / name
+    for required in ("config.yaml", "tiny.yaml", "README.md"):
+        assert (folder / required).is_file(), f"{name} lacks {required}"
+    raw = yaml.safe_load((folder / "config.yaml").read_text())
+    assert raw.get("description"), f"{name}/config.yaml needs a one-line description for `keel list`"
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_full_config_composes_and_builds_its_deepspeed_strategy(name: str) -> None:
+    cfg = load_config(find_experiment(name, ROOT))
+    validate(cfg)
+    assert cfg.trainer.strategy in DEEPSPEED_PRESETS, f"{name}/config.yaml must name the DeepSpeed preset it is meant for"
+    pytest.importorskip("deepspeed")
+    strategy = deepspeed_strategy(cfg.trainer.strategy, load_deepspeed_config(cfg.get("deepspeed")))
+    assert strategy.config["zero_optimization"]["stage"] == int(cfg.trainer.strategy.split("_")[2])
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_tiny_config_runs_on_cpu(name: str, tmp_path: Path) -> None:
+    cfg = load_config(find_experiment(name, ROOT), tiny=True)
+    validate(cfg)
+    assert cfg.trainer.accelerator == "cpu" and not str(cfg.trainer.strategy).startswith("deepspeed")
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_tiny_run_end_to_end(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("KEEL_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.delenv("KEEL_RUN_DIR", raising=False)
+    monkeypatch.chdir(ROOT.parent)
+    assert main(["run", name, "--tiny"]) == 0
+    out = capsys.readouterr().out
+    run_dirs = [line.split("run_dir: ", 1)[1] for line in out.splitlines() if line.startswith("run_dir: ")]
+    assert len(run_dirs) == 2 and run_dirs[0] == run_dirs[1], "run_dir is printed at start and end"
+    run_dir = Path(run_dirs[0])
+    assert run_dir.parent == tmp_path / "runs" / name
+    for produced in ("resolved.yaml", "summary.json", "metrics.csv", "checkpoints/last.ckpt", "loss_curve.png"):
+        assert (run_dir / produced).exists(), f"{name}: the tiny run did not write {produced}"
+    with open(run_dir / "metrics.csv") as handle:
+        assert any(row.get("val/loss") for row in csv.DictReader(handle)), "no validation loss was logged"
+    if name == "quickstart":  # the default experiment's promises
+        assert "val/ppl" in out, "validation perplexity is printed at the end"
+        samples = (run_dir / "samples.txt").read_text()
+        assert samples.count("And God said") >= 1 and len(samples.split()) > 30, samples[:500]
