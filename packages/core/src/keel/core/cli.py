@@ -167,6 +167,13 @@ def cmd_report(argv: list[str]) -> int:
     command = args.command or f"keel run {experiment.name}" + (" --tiny" if "cpu" in (run_dir / "resolved.yaml").read_text() else "")
     report(experiment.config_path.parent, run_dir, command)
     print(f"wrote the results of {run_dir} into {experiment.config_path.parent / 'README.md'}")
+    from keel.core.config import experiments_root
+    from keel.core.report import update_index
+
+    root = experiments_root()
+    if root is not None and (root.parent / "README.md").is_file():
+        update_index(root.parent / "README.md", root)
+        print(f"updated the results table of {root.parent / 'README.md'}")
     return 0
 
 

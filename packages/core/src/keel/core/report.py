@@ -93,6 +93,34 @@ def report(experiment_dir: Path, run_dir: Path, command: str) -> None:
         last = text[text.rfind("=== step") :] if "=== step" in text else text
         parts += ["", "Samples from the final model:", "", "```text", last[:2500].rstrip(), "```"]
     replace_block(experiment_dir / "README.md", "\n".join(parts))
+    record = {"run": run_dir.name, "command": command, **json.loads((run_dir / "summary.json").read_text())}
+    (experiment_dir / "results.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def headline(record: dict) -> str:
+    """The few numbers that summarise a reported run, for the repository README's table."""
+    metrics = record.get("metrics", {})
+    shown = [f"{k} {metrics[k]:.3f}" for k in sorted(metrics) if k.startswith("val/") and not k.endswith("_step")]
+    tokens = record.get("throughput", {}).get("tokens_per_sec")
+    if tokens:
+        shown.append(f"{tokens:,.0f} tokens/s")
+    return ", ".join(shown[:4]) or "see README"
+
+
+def update_index(readme: Path, experiments: Path) -> None:
+    """Rebuild the repository README's results table from every experiment's ``results.json``."""
+    from keel.core.config import list_experiments
+
+    rows = ["| experiment | what it runs | latest result | command |", "|---|---|---|---|"]
+    for name, description in list_experiments(experiments):
+        results = experiments / name / "results.json"
+        if results.is_file():
+            record = json.loads(results.read_text())
+            result, command = headline(record), f"`{record['command']}`"
+        else:
+            result, command = "not run yet", f"`keel run {name}`"
+        rows.append(f"| [{name}](experiments/{name}/README.md) | {description} | {result} | {command} |")
+    replace_block(readme, "\n".join(rows))
 
 
 def latest_finished_run(runs_dir: Path, experiment: str) -> Path:
