@@ -48,7 +48,8 @@ def test_kill_during_checkpoint_write_leaves_previous_last_intact(tmp_path: Path
     proc.wait()
     assert temp is not None, "the writer never started writing its temporary file"
     state = load_checkpoint(last)
-    assert state["global_step"] == 1 and torch.equal(state["state_dict"]["w"], torch.ones(3))
+    assert state["global_step"] == 1
+    assert torch.equal(state["state_dict"]["w"], torch.ones(3))
 
 
 def test_plain_write_would_truncate_so_the_test_above_means_something(tmp_path: Path) -> None:
@@ -92,8 +93,11 @@ def test_export_safetensors_strips_prefix_and_handles_tied_weights(tmp_path: Pat
 
     shared = torch.randn(4, 3)
     ckpt = tmp_path / "last.ckpt"
-    torch.save({"state_dict": {"model.wte": shared, "model.lm_head": shared, "other.x": torch.ones(2)}, "global_step": 5}, ckpt)
+    torch.save(
+        {"state_dict": {"model.wte": shared, "model.lm_head": shared, "other.x": torch.ones(2)}, "global_step": 5}, ckpt
+    )
     out = export_safetensors(ckpt, tmp_path / "model.safetensors")
     tensors = load_file(str(out))
     assert set(tensors) == {"wte", "lm_head", "other.x"}
-    assert torch.equal(tensors["wte"], shared) and torch.equal(tensors["lm_head"], shared)
+    assert torch.equal(tensors["wte"], shared)
+    assert torch.equal(tensors["lm_head"], shared)

@@ -45,7 +45,8 @@ def _single_run(root: Path) -> Path:
 def _compare(single_dir: Path, ddp_dir: Path) -> None:
     single = torch.load(single_dir / "grads-rank0.pt", weights_only=True)
     ranks = [torch.load(ddp_dir / f"grads-rank{r}.pt", weights_only=True) for r in range(2)]
-    assert all(r["world_size"] == 2 for r in ranks) and single["world_size"] == 1
+    assert all(r["world_size"] == 2 for r in ranks)
+    assert single["world_size"] == 1
     # the global loss is the mean of the per-rank means (equal per-rank batch sizes)
     torch.testing.assert_close((ranks[0]["loss"] + ranks[1]["loss"]) / 2, single["loss"], rtol=1e-6, atol=1e-6)
     assert not torch.equal(ranks[0]["loss"], ranks[1]["loss"]), "ranks must have seen different halves of the batch"
@@ -87,5 +88,6 @@ def test_torchrun_ranks_share_run_dir_and_config(tmp_path: Path) -> None:
     assert len(shared) == 1, f"torchrun ranks created {len(shared)} run directories"
     run_dir = shared[0]
     assert (run_dir / "resolved.yaml").read_text().count("run:") == 1
-    assert (run_dir / "grads-rank0.pt").exists() and (run_dir / "grads-rank1.pt").exists()
+    assert (run_dir / "grads-rank0.pt").exists()
+    assert (run_dir / "grads-rank1.pt").exists()
     _compare(root / "single", run_dir)

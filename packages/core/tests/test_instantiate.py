@@ -12,7 +12,8 @@ from keel.core.instantiate import check_node, instantiate, is_allowed, locate, v
 
 
 def test_allow_list() -> None:
-    assert is_allowed("torch.optim.AdamW") and is_allowed("keel.core.testing.BoringModule")
+    assert is_allowed("torch.optim.AdamW")
+    assert is_allowed("keel.core.testing.BoringModule")
     for target in ("os.system", "builtins.eval", "subprocess.run", "torchx.x", "keelx.y"):
         assert not is_allowed(target)
         with pytest.raises(ConfigError, match="is not allowed"):
@@ -28,7 +29,9 @@ def test_locate_reports_missing_things() -> None:
 
 
 def test_unknown_argument_with_suggestion() -> None:
-    with pytest.raises(ConfigError, match=r"'model.hiden' is not an argument of keel.core.testing.BoringModule; did you mean 'hidden'"):
+    with pytest.raises(
+        ConfigError, match=r"'model.hiden' is not an argument of keel.core.testing.BoringModule; did you mean 'hidden'"
+    ):
         check_node("model", {"_target_": "keel.core.testing.BoringModule", "hiden": 3})
 
 
@@ -71,4 +74,5 @@ def test_instantiate_builds_partials_and_nested_objects() -> None:
     assert module.embed.embedding_dim == 8
     assert isinstance(module.optimizer_factory, functools.partial)
     optimizer = module.optimizer_factory(module.parameters())
-    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["lr"] == 0.5
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert optimizer.defaults["lr"] == 0.5

@@ -11,12 +11,12 @@ import pytest
 
 from keel.core.testing.plugin import BORING_YAML
 
-FAKE_SDK = '''
+FAKE_SDK = """
 import sys
 def main():
     print("lightning-sdk got", sys.argv[1:])
     return 0
-'''
+"""
 
 
 @pytest.fixture
@@ -42,10 +42,13 @@ def _lightning(args: list[str], cwd: Path, extra_path: Path | None = None) -> su
 
 def test_lightning_run_runs_a_keel_experiment(tmp_path: Path, fake_sdk: Path) -> None:
     (tmp_path / "experiments" / "boring").mkdir(parents=True)
-    (tmp_path / "experiments" / "boring" / "config.yaml").write_text(BORING_YAML.replace("max_steps: 8", "max_steps: 2"))
+    (tmp_path / "experiments" / "boring" / "config.yaml").write_text(
+        BORING_YAML.replace("max_steps: 8", "max_steps: 2")
+    )
     done = _lightning(["run", "boring"], tmp_path, fake_sdk)  # keel wins even with lightning-sdk installed
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "run_dir:" in done.stdout and "lightning-sdk got" not in done.stdout
+    assert "run_dir:" in done.stdout
+    assert "lightning-sdk got" not in done.stdout
     assert len(list((tmp_path / "runs" / "boring").iterdir())) == 1
 
 
@@ -65,7 +68,8 @@ def test_without_lightning_sdk_a_clear_message(tmp_path: Path) -> None:
     done = _lightning(["login"], tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]
-    assert "lightning-sdk is not installed" in done.stderr and "lightning run <experiment>" in done.stderr
+    assert "lightning-sdk is not installed" in done.stderr
+    assert "lightning run <experiment>" in done.stderr
 
 
 def _console_scripts():  # type: ignore[no-untyped-def]

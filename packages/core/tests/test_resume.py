@@ -19,7 +19,9 @@ from keel.core.testing.plugin import BORING_YAML
 # 64 sequences / batch 4 = 16 batches per epoch; 28 steps cross into the second epoch, and
 # checkpoints every 3 steps land mid-epoch. Momentum, a step-wise LR schedule and dropout make the
 # optimizer, scheduler and RNG state all matter.
-RESUME_YAML = BORING_YAML.replace("max_steps: 8", "max_steps: 28").replace("every_n_train_steps: 4", "every_n_train_steps: 3")
+RESUME_YAML = BORING_YAML.replace("max_steps: 8", "max_steps: 28").replace(
+    "every_n_train_steps: 4", "every_n_train_steps: 3"
+)
 SLOW_CALLBACK = "callbacks:\n  - _target_: keel.core.testing.SlowDown\n    seconds: 0.25\n"
 
 
@@ -68,7 +70,9 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path: Path)
     resumed_step = state["global_step"]
     assert 6 <= resumed_step < 16, "the checkpoint must be mid-epoch for this test to mean anything"
 
-    resumed = _keel([str(slow), f"resume={interrupted}", "callbacks=[]"], env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    resumed = _keel(
+        [str(slow), f"resume={interrupted}", "callbacks=[]"], env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()[-2000:]
     new_runs = [p for p in slow_root.iterdir() if p != interrupted]
     assert len(new_runs) == 1

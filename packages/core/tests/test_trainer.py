@@ -46,14 +46,17 @@ def test_custom_deepspeed_dict_refines_the_preset(tmp_path: Path) -> None:
     custom = {"zero_optimization": {"overlap_comm": False, "reduce_bucket_size": 1000}, "wall_clock_breakdown": True}
     config = deepspeed_strategy("deepspeed_stage_3", custom).config
     assert config["zero_optimization"]["stage"] == 3, "the preset's stage survives the merge"
-    assert config["zero_optimization"]["overlap_comm"] is False and config["zero_optimization"]["reduce_bucket_size"] == 1000
+    assert config["zero_optimization"]["overlap_comm"] is False
+    assert config["zero_optimization"]["reduce_bucket_size"] == 1000
     assert config["wall_clock_breakdown"] is True
     path = tmp_path / "ds.json"
     path.write_text(json.dumps(custom))
     assert load_deepspeed_config(str(path)) == custom
 
 
-@pytest.mark.parametrize("key", ["gradient_accumulation_steps", "train_micro_batch_size_per_gpu", "gradient_clipping", "bf16"])
+@pytest.mark.parametrize(
+    "key", ["gradient_accumulation_steps", "train_micro_batch_size_per_gpu", "gradient_clipping", "bf16"]
+)
 def test_lightning_owned_deepspeed_keys_are_refused(key: str) -> None:
     with pytest.raises(ConfigError, match=f"'{key}' comes from"):
         load_deepspeed_config({key: 1})
@@ -67,7 +70,8 @@ def test_hf_style_auto_values_are_refused() -> None:
 ENGINE = textwrap.dedent(
     """
     import os, torch, deepspeed
-    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29561", "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
+    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29561", "RANK": "0", "WORLD_SIZE": "1"}
+    for key, value in {**rendezvous, "LOCAL_RANK": "0"}.items():
         os.environ.setdefault(key, value)
     from keel.core.trainer import deepspeed_strategy
     config = dict(deepspeed_strategy("deepspeed_stage_2").config)
@@ -98,7 +102,8 @@ def test_deepspeed_engine_trains_on_cpu_with_keel_zero2_config(tmp_path: Path) -
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT")]
-    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert lines, done.stdout[-3000:]
     stage, first, last = lines[0].split()[1:]
     assert int(stage) == 2
     assert float(last) < 0.2 * float(first)
@@ -118,11 +123,15 @@ def test_trainer_gets_standard_callbacks_loggers_and_atomic_io(tmp_path: Path) -
         assert kind in kinds, kind
     checkpoints = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
     periodic, best = checkpoints
-    assert periodic._every_n_train_steps == 4 and periodic.save_last and periodic.save_top_k == -1
-    assert best.monitor == "val/loss" and best.save_top_k == 1
+    assert periodic._every_n_train_steps == 4
+    assert periodic.save_last
+    assert periodic.save_top_k == -1
+    assert best.monitor == "val/loss"
+    assert best.save_top_k == 1
     assert {type(lg) for lg in trainer.loggers} == {CSVLogger, TensorBoardLogger}
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
-    assert trainer.accumulate_grad_batches == 2 and trainer.max_steps == 8
+    assert trainer.accumulate_grad_batches == 2
+    assert trainer.max_steps == 8
 
 
 def test_extra_callbacks_from_config_must_be_callbacks(tmp_path: Path) -> None:

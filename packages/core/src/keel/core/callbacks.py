@@ -47,7 +47,9 @@ class RNGStateCallback(L.Callback):
         """Stash the states; they are applied at the next training batch."""
         self._pending = state_dict
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         """Apply stashed states once, right before the first batch after a resume."""
         if self._pending is None:
             return
@@ -65,7 +67,9 @@ class RNGStateCallback(L.Callback):
 class FiniteLossGuard(L.Callback):
     """Stops the run with one clear line when the training loss becomes NaN or infinite."""
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         """Check the loss the training step returned."""
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor) and not torch.isfinite(loss.detach()).all():
@@ -109,7 +113,9 @@ class ThroughputCallback(L.Callback):
         tokens = samples * int(tensor.shape[1]) if tensor.ndim >= 2 and not tensor.is_floating_point() else 0
         return samples, tokens
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         """Accumulate counts after the warm-up and log the running rates."""
         now = time.perf_counter()
         self._seen += 1
@@ -159,10 +165,12 @@ class PlainProgressBar(ProgressBar):
         self._enabled = True
         self._start = 0.0
 
-    def disable(self) -> None:  # noqa: D102 - Lightning's interface
+    def disable(self) -> None:
+        """Stop printing (Lightning calls this on non-zero ranks and during sanity checks)."""
         self._enabled = False
 
-    def enable(self) -> None:  # noqa: D102 - Lightning's interface
+    def enable(self) -> None:
+        """Resume printing."""
         self._enabled = True
 
     def _total(self, trainer: L.Trainer) -> int | None:
@@ -177,14 +185,18 @@ class PlainProgressBar(ProgressBar):
         if self._enabled:
             print(text, file=self.stream, flush=True)
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Start the clock and pick the print interval."""
         self._start = time.perf_counter()
         self._last_step = trainer.global_step
         total = self._total(trainer)
         if not self.every:
             self.every = max(1, (total or 200) // 20)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:  # noqa: D102
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Print one line every ``every`` optimizer steps."""
         step = trainer.global_step
         if step == self._last_step or step % self.every:
             return
@@ -200,7 +212,8 @@ class PlainProgressBar(ProgressBar):
         of_total = f"/{total}" if total else ""
         self._print(f"step {step}{of_total} | epoch {trainer.current_epoch} | {shown}{eta}")
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Print the validation metrics."""
         if trainer.sanity_checking:
             return
         metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val")}

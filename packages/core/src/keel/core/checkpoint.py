@@ -46,7 +46,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 temp.unlink()
         _fsync_dir(target.parent)
 
-    def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         """Load a checkpoint with ``weights_only=True`` (no arbitrary unpickling)."""
         return load_checkpoint(path, map_location=map_location or "cpu")
 

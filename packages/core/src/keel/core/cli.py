@@ -164,7 +164,9 @@ def cmd_report(argv: list[str]) -> int:
     experiment = find_experiment(args.experiment)
     runs_dir = Path(os.environ.get("KEEL_RUNS_DIR") or "runs").resolve()
     run_dir = Path(args.run) if args.run else latest_finished_run(runs_dir, experiment.name)
-    command = args.command or f"keel run {experiment.name}" + (" --tiny" if "cpu" in (run_dir / "resolved.yaml").read_text() else "")
+    command = args.command or f"keel run {experiment.name}" + (
+        " --tiny" if "cpu" in (run_dir / "resolved.yaml").read_text() else ""
+    )
     report(experiment.config_path.parent, run_dir, command)
     print(f"wrote the results of {run_dir} into {experiment.config_path.parent / 'README.md'}")
     from keel.core.config import experiments_root
@@ -236,7 +238,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return keel_cause.exit_code
         if debug:
             raise
-        print(f"error: {type(err).__name__}: {' '.join(str(err).split())[:500]} (rerun with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"error: {type(err).__name__}: {' '.join(str(err).split())[:500]} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

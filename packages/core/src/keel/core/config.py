@@ -141,7 +141,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def package_defaults(area: str | None = None) -> list[tuple[dict[str, Any], str]]:
     """keel-core's defaults, then those of the package registered for ``area`` (entry point ``keel.defaults``)."""
-    layers = [(yaml.safe_load(resources.files("keel.core").joinpath("defaults.yaml").read_text()), "keel-core defaults")]
+    layers = [
+        (yaml.safe_load(resources.files("keel.core").joinpath("defaults.yaml").read_text()), "keel-core defaults")
+    ]
     if area:
         for ep in entry_points(group="keel.defaults"):
             if ep.name == area:

@@ -49,7 +49,12 @@ def _slurm_environment():  # type: ignore[no-untyped-def]
 def launch_context() -> LaunchContext:
     """Inspect the environment to tell how this process was launched."""
     inherited = os.environ.get(RUN_DIR_ENV)
-    if inherited and os.environ.get("LOCAL_RANK") not in (None, "0") or inherited and os.environ.get("NODE_RANK", "0") != "0":
+    if (
+        inherited
+        and os.environ.get("LOCAL_RANK") not in (None, "0")
+        or inherited
+        and os.environ.get("NODE_RANK", "0") != "0"
+    ):
         return LaunchContext(int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))), 1, False, inherited)
     if "TORCHELASTIC_RUN_ID" in os.environ and int(os.environ.get("WORLD_SIZE", 1)) > 1:
         return LaunchContext(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), True, None)

@@ -66,10 +66,14 @@ def locate(target: str, path: str = "") -> Callable[..., Any]:
         except ModuleNotFoundError as err:
             missing = err.name or ""
             if split == 1 and missing == module_name:
-                raise ConfigError(f"_target_ '{target}'{where} needs the package '{missing}', which is not installed") from err
+                raise ConfigError(
+                    f"_target_ '{target}'{where} needs the package '{missing}', which is not installed"
+                ) from err
             if module_name == missing or module_name.startswith(missing + "."):
                 continue  # this prefix is not a module: try a shorter one
-            raise ConfigError(f"_target_ '{target}'{where} needs the module '{missing}', which is not installed") from err
+            raise ConfigError(
+                f"_target_ '{target}'{where} needs the module '{missing}', which is not installed"
+            ) from err
         try:
             for attr in parts[split:]:
                 obj = getattr(obj, attr)

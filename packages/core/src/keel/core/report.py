@@ -82,7 +82,11 @@ def report(experiment_dir: Path, run_dir: Path, command: str) -> None:
     for needed in ("summary.json", "resolved.yaml"):
         if not (run_dir / needed).is_file():
             raise ConfigError(f"{run_dir} has no {needed}: is it a finished keel run?")
-    parts = [f"Produced by `{command}` (run `{run_dir.name}`), then `keel report {experiment_dir.name}`.", "", run_table(run_dir)]
+    parts = [
+        f"Produced by `{command}` (run `{run_dir.name}`), then `keel report {experiment_dir.name}`.",
+        "",
+        run_table(run_dir),
+    ]
     curve = run_dir / "loss_curve.png"
     if curve.is_file():
         shutil.copyfile(curve, experiment_dir / "loss_curve.png")

@@ -86,7 +86,9 @@ def prepare(experiment: Experiment, cfg: DictConfig) -> tuple[Path, DictConfig]:
     return run_dir, cfg
 
 
-def resolve_run(spec: str, overrides: list[str], tiny: bool, context: LaunchContext | None = None) -> tuple[Path, DictConfig]:
+def resolve_run(
+    spec: str, overrides: list[str], tiny: bool, context: LaunchContext | None = None
+) -> tuple[Path, DictConfig]:
     """Decide the run directory and config for this process, once per run (see :mod:`keel.core.distributed`).
 
     Returns:

@@ -1,5 +1,6 @@
-"""Assembling a Lightning ``Trainer`` from the ``trainer``, ``deepspeed``, ``checkpoint``, ``logging`` and
-``callbacks`` sections of a config.
+"""Assembling a Lightning ``Trainer`` from a config.
+
+The ``trainer``, ``deepspeed``, ``checkpoint``, ``logging`` and ``callbacks`` sections decide it.
 
 Strategies are named as Lightning registers them (``auto``, ``ddp``, ``deepspeed_stage_1/2/3``,
 ``deepspeed_stage_2_offload``, ``deepspeed_stage_3_offload``). A ``deepspeed:`` dict (or a path to
@@ -148,7 +149,9 @@ def build_strategy(cfg: DictConfig) -> Any:
         import difflib
 
         close = difflib.get_close_matches(name, known, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else f"; choose one of: auto, ddp, {', '.join(DEEPSPEED_PRESETS)}"
+        hint = (
+            f"; did you mean '{close[0]}'?" if close else f"; choose one of: auto, ddp, {', '.join(DEEPSPEED_PRESETS)}"
+        )
         raise ConfigError(f"unknown trainer.strategy '{name}'{hint}")
     return name
 
@@ -218,7 +221,9 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
     if cfg.logging.csv:
         loggers.append(CSVLogger(save_dir=str(run_dir), name="", version="", flush_logs_every_n_steps=50))
     if cfg.logging.tensorboard:
-        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False))
+        loggers.append(
+            TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
+        )
     return loggers
 
 

@@ -53,7 +53,11 @@ class ResumableSampler(DistributedSampler):
             order = torch.randperm(n, generator=generator).tolist()
         else:
             order = list(range(n))
-        order = order[: self.total_size] if self.drop_last else (order * (1 + self.total_size // max(n, 1)))[: self.total_size]
+        order = (
+            order[: self.total_size]
+            if self.drop_last
+            else (order * (1 + self.total_size // max(n, 1)))[: self.total_size]
+        )
         return order[self.rank : self.total_size : self.num_replicas]
 
     def __iter__(self) -> Iterator[int]:

@@ -14,4 +14,12 @@ from keel.core.testing.boring import (
 )
 from keel.core.testing.runif import RunIf
 
-__all__ = ["BoringDataModule", "BoringModule", "GradientRecorder", "RandomTokenDataset", "RunIf", "SlowDown", "StepTimer"]
+__all__ = [
+    "BoringDataModule",
+    "BoringModule",
+    "GradientRecorder",
+    "RandomTokenDataset",
+    "RunIf",
+    "SlowDown",
+    "StepTimer",
+]

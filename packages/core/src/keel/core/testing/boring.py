@@ -45,13 +45,16 @@ class BoringDataModule(L.LightningDataModule):
         seed: Seed of the data and of the training order.
     """
 
-    def __init__(self, size: int = 64, length: int = 16, vocab_size: int = 32, batch_size: int = 4, seed: int = 0) -> None:
+    def __init__(
+        self, size: int = 64, length: int = 16, vocab_size: int = 32, batch_size: int = 4, seed: int = 0
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.train_set = RandomTokenDataset(size, length, vocab_size, seed)
         self.val_set = RandomTokenDataset(max(size // 4, batch_size), length, vocab_size, seed + 1)
 
-    def train_dataloader(self) -> DataLoader:  # noqa: D102
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled, rank-sharded, resumable batches."""
         trainer = self.trainer
         return resumable_loader(
             self.train_set,
@@ -61,7 +64,8 @@ class BoringDataModule(L.LightningDataModule):
             rank=trainer.global_rank if trainer else 0,
         )
 
-    def val_dataloader(self) -> DataLoader:  # noqa: D102
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches in order."""
         return DataLoader(self.val_set, batch_size=self.hparams.batch_size)
 
 
@@ -93,7 +97,8 @@ class BoringModule(L.LightningModule):
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(hidden, vocab_size)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Logits of the next token at every position."""
         return self.head(self.drop(self.embed(input_ids)))
 
     def step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
@@ -103,16 +108,20 @@ class BoringModule(L.LightningModule):
         self.log(f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=stage != "train")
         return loss
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:  # noqa: D102
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Training loss of one batch."""
         return self.step(batch, "train")
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:  # noqa: D102
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Validation loss of one batch."""
         return self.step(batch, "val")
 
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:  # noqa: D102
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Test loss of one batch."""
         return self.step(batch, "test")
 
-    def configure_optimizers(self) -> Any:  # noqa: D102
+    def configure_optimizers(self) -> Any:
+        """SGD with momentum (or the given factory) and a step-wise LR schedule."""
         if self.optimizer_factory is not None:
             optimizer = self.optimizer_factory(self.parameters())
         else:
@@ -131,7 +140,8 @@ class SlowDown(L.Callback):
     def __init__(self, seconds: float = 0.05) -> None:
         self.seconds = seconds
 
-    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:  # noqa: D102
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        """Sleep, so the run can be interrupted at a known point."""
         time.sleep(self.seconds)
 
 
@@ -146,18 +156,23 @@ class GradientRecorder(L.Callback):
         self._loss: torch.Tensor | None = None
         self._done = False
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:  # noqa: D102
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Keep the first batch's loss."""
         if self._loss is None:
             self._loss = outputs["loss"].detach().clone()
 
-    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:  # noqa: D102
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        """Keep the first step's gradients, after DDP has averaged them."""
         if self._done:
             return
         self._done = True
         grads = {n: p.grad.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None}
         self._grads = grads
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Write this rank's loss and gradients into the run directory."""
         from pathlib import Path
 
         path = Path(trainer.default_root_dir) / f"grads-rank{trainer.global_rank}.pt"
@@ -172,11 +187,13 @@ class StepTimer(L.Callback):
 
     last_times: list[float] = []
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Reset the record and start the clock."""
         StepTimer.last_times = []
         self._last = time.perf_counter()
 
-    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:  # noqa: D102
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        """Record the time since the previous batch end."""
         now = time.perf_counter()
         StepTimer.last_times.append(now - self._last)
         self._last = now

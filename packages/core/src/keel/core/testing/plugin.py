@@ -21,17 +21,20 @@ MARKERS = {
 }
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:  # noqa: D103
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Add ``--runslow``."""
     group = parser.getgroup("keel")
     group.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
 
 
-def pytest_configure(config: pytest.Config) -> None:  # noqa: D103
+def pytest_configure(config: pytest.Config) -> None:
+    """Register keel's markers."""
     for name, help_text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {help_text}")
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:  # noqa: D103
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Attach RunIf's category markers and skip slow tests unless asked for."""
     run_slow = config.getoption("--runslow") or os.environ.get("KEEL_RUN_SLOW") == "1"
     for item in items:
         for mark in item.iter_markers("skipif"):
@@ -55,7 +58,7 @@ def boring_experiment(tmp_path: Path) -> Iterator[Path]:
     """A tiny experiment YAML (boring model and data, CPU, 8 steps) that the runtime can run in seconds."""
     path = tmp_path / "boring.yaml"
     path.write_text(BORING_YAML)
-    yield path
+    return path
 
 
 BORING_YAML = """\
