@@ -50,6 +50,7 @@ def test_tiny_config_runs_on_cpu(name: str, tmp_path: Path) -> None:
     assert not str(cfg.trainer.strategy).startswith("deepspeed")
 
 
+@pytest.mark.timeout(900)  # the quickstart's tiny run trains for about two minutes by design
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_tiny_run_end_to_end(
     name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
