@@ -91,3 +91,40 @@ def test_torchrun_ranks_share_run_dir_and_config(tmp_path: Path) -> None:
     assert (run_dir / "grads-rank0.pt").exists()
     assert (run_dir / "grads-rank1.pt").exists()
     _compare(root / "single", run_dir)
+
+
+@RunIf(distributed=True, linux=True)
+def test_slurm_launched_ranks_share_run_dir_and_config(tmp_path: Path) -> None:
+    """Two processes started the way `srun --ntasks 2` starts them (no launcher passes anything between them)."""
+    config = tmp_path / "ddp.yaml"
+    config.write_text(DDP_YAML)
+    env = _env(tmp_path)
+    _run([sys.executable, "-m", "keel.core", "run", str(config), "data.batch_size=4", "run.name=single"], env)
+    slurm = {
+        "SLURM_NTASKS": "2",
+        "SLURM_NTASKS_PER_NODE": "2",
+        "SLURM_NNODES": "1",
+        "SLURM_NODEID": "0",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": "keel-test",
+        "SLURM_NODELIST": "127.0.0.1",
+    }
+    command = [sys.executable, "-m", "keel.core", "run", str(config), "data.batch_size=2", "trainer.devices=2"]
+    command.append("trainer.strategy=ddp")
+    ranks = [
+        subprocess.Popen(
+            command,
+            env={**env, **slurm, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    outputs = [rank.communicate(timeout=300) for rank in ranks]
+    for rank, (out, err) in zip(ranks, outputs, strict=True):
+        assert rank.returncode == 0, out[-2000:] + err[-3000:]
+    root = tmp_path / "runs" / "ddp"
+    shared = [p for p in root.iterdir() if p.name != "single"]
+    assert len(shared) == 1, f"SLURM ranks created {len(shared)} run directories"
+    _compare(root / "single", shared[0])
