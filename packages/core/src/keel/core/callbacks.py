@@ -16,11 +16,37 @@ from lightning.pytorch.callbacks import ProgressBar
 from keel.core.errors import NonFiniteLossError
 
 
+def _local_rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos)},
+        "numpy_gauss": [int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _apply_rng_state(state: dict[str, Any]) -> None:
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    has_gauss, cached = state["numpy_gauss"]
+    keys = state["numpy"]["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, state["numpy"]["pos"], has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 class RNGStateCallback(L.Callback):
     """Saves the Python, NumPy, torch and CUDA RNG states in checkpoints and restores them on resume.
 
     Lightning restores model, optimizer, scheduler and loop state but not the random generators, so
-    dropout masks or sampled labels after a resume would differ from the uninterrupted run. The
+    dropout masks or sampled labels after a resume would differ from the uninterrupted run. Every
+    rank's states are gathered into the checkpoint (Lightning writes it from rank 0 only) and each
+    rank gets its own back; a run resumed with a different number of processes reuses rank 0's. The
     states are applied at the first training batch after loading, which is the point where the
     uninterrupted run continued from the same state (data loading and sanity checks in between may
     draw random numbers of their own). NumPy's state is stored as a tensor so the checkpoint stays
@@ -28,40 +54,40 @@ class RNGStateCallback(L.Callback):
     """
 
     def __init__(self) -> None:
-        self._pending: dict[str, Any] | None = None
+        self._pending: list[dict[str, Any]] | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        """Capture the current RNG states."""
-        kind, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
-        state: dict[str, Any] = {
-            "python": random.getstate(),
-            "numpy": {"keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos)},
-            "numpy_gauss": [int(has_gauss), float(cached)],
-            "torch": torch.get_rng_state(),
-        }
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
+        """Capture the RNG states of every rank (Lightning calls this on all ranks when it saves)."""
+        import torch.distributed as dist
+
+        local = _local_rng_state()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, local)
+            return {"per_rank": gathered}
+        return {"per_rank": [local]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Stash the states; they are applied at the next training batch."""
-        self._pending = state_dict
+        self._pending = list(state_dict["per_rank"])
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        """Apply stashed states once, right before the first batch after a resume."""
+        """Apply this rank's stashed states once, right before the first batch after a resume."""
         if self._pending is None:
             return
-        state, self._pending = self._pending, None
-        python = state["python"]
-        random.setstate((python[0], tuple(python[1]), python[2]))
-        has_gauss, cached = state["numpy_gauss"]
-        keys = state["numpy"]["keys"].numpy().astype(np.uint32)
-        np.random.set_state(("MT19937", keys, state["numpy"]["pos"], has_gauss, cached))
-        torch.set_rng_state(state["torch"])
-        if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
+        per_rank, self._pending = self._pending, None
+        if len(per_rank) != trainer.world_size:
+            from lightning.pytorch.utilities import rank_zero_warn
+
+            rank_zero_warn(
+                f"the checkpoint holds the RNG states of {len(per_rank)} processes and this run has "
+                f"{trainer.world_size}; every process continues from rank 0's states"
+            )
+            _apply_rng_state(per_rank[0])
+        else:
+            _apply_rng_state(per_rank[trainer.global_rank])
 
 
 class FiniteLossGuard(L.Callback):
