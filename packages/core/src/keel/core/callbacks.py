@@ -119,6 +119,7 @@ class ThroughputCallback(L.Callback):
         self.warmup = warmup
         self.summary: dict[str, float] = {}
         self._start = 0.0
+        self._fit_start = 0.0
         self._last = 0.0
         self._samples = 0
         self._tokens = 0
@@ -145,6 +146,8 @@ class ThroughputCallback(L.Callback):
         """Accumulate counts after the warm-up and log the running rates."""
         now = time.perf_counter()
         self._seen += 1
+        # perf/elapsed_s lets an analysis read the wall-clock time at which a loss was reached
+        pl_module.log("perf/elapsed_s", now - self._fit_start, on_step=True, on_epoch=False, rank_zero_only=True)
         if self._seen <= self.warmup:
             self._start = now
             return
@@ -158,6 +161,10 @@ class ThroughputCallback(L.Callback):
             metrics["perf/tokens_per_sec"] = self._tokens / elapsed
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False, rank_zero_only=True)
         self._last = now
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Start the wall clock of the run."""
+        self._fit_start = time.perf_counter()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Record the summary: rates over the measured batches and peak memory."""

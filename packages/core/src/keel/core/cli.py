@@ -6,6 +6,7 @@ Verbs::
     keel list
     keel export <run dir | checkpoint> [--format safetensors] [--checkpoint last|best] [--out FILE]
     keel report <experiment> [--run RUN_DIR]
+    keel sweep <experiment> [key=value ...] [--tiny] [--resume SWEEP_DIR] [--only ARM]
     keel <area> <verb> ...        commands that installed domain packages add (entry points "keel.commands")
 
 A problem the user can fix (a :class:`~keel.core.errors.KeelError`) is printed as one line on
@@ -28,6 +29,7 @@ USAGE = """usage: keel run <experiment> [key=value ...] [--tiny] [--print-config
        keel list
        keel export <run dir | checkpoint> [--format safetensors] [--checkpoint last|best] [--out FILE]
        keel report <experiment> [--run RUN_DIR]
+       keel sweep <experiment> [key=value ...] [--tiny] [--resume SWEEP_DIR] [--only ARM]
        keel <area> <verb> ...   (commands added by installed keel packages: {areas})"""
 
 RUN_FLAGS = {"--tiny", "--print-config", "--debug"}
@@ -179,6 +181,30 @@ def cmd_report(argv: list[str]) -> int:
     return 0
 
 
+def cmd_sweep(argv: list[str]) -> int:
+    """``keel sweep``: run an experiment's comparison grid, then its analysis."""
+    from keel.core.sweep import analyse, run_sweep
+
+    parser = _Parser(prog="keel sweep", description="Run an experiment's sweep.yaml and write its results.")
+    parser.add_argument("experiment")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
+    parser.add_argument("--tiny", action="store_true", help="tiny.yaml and the sweep's tiny subset")
+    parser.add_argument("--resume", default=None, help="finish this sweep folder")
+    parser.add_argument("--only", action="append", default=None, help="run only this arm (repeatable)")
+    parser.add_argument("--analyse-only", default=None, metavar="SWEEP_DIR", help="re-run the analysis")
+    parser.add_argument("--debug", action="store_true")
+    args = parser.parse_args(argv)
+    tiny_flag = " --tiny" if args.tiny else ""
+    command = f"keel sweep {args.experiment}{tiny_flag}" + "".join(f" {o}" for o in args.overrides)
+    if args.analyse_only:
+        analyse(args.experiment, Path(args.analyse_only), command)
+        return 0
+    sweep_dir, _ = run_sweep(args.experiment, args.overrides, args.tiny, args.resume, args.only)
+    analyse(args.experiment, sweep_dir, command)
+    print(f"sweep_dir: {sweep_dir}")
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise ConfigError(f"{self.prog}: {message}")
@@ -199,6 +225,8 @@ def dispatch(argv: Sequence[str]) -> int:
         return cmd_export(rest)
     if verb == "report":
         return cmd_report(rest)
+    if verb == "sweep":
+        return cmd_sweep(rest)
     if verb == "--version":
         from keel.core import __version__
 
@@ -209,7 +237,7 @@ def dispatch(argv: Sequence[str]) -> int:
         return int(plugins[verb].load()(rest) or 0)
     import difflib
 
-    close = difflib.get_close_matches(verb, ["run", "list", "export", "report", *plugins], n=1)
+    close = difflib.get_close_matches(verb, ["run", "list", "export", "report", "sweep", *plugins], n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     raise ConfigError(f"unknown command '{verb}'{hint}; `keel --help` lists the commands")
 

@@ -62,11 +62,16 @@ def _new_run_dir(root: Path, experiment: str, name: str | None) -> Path:
     raise ConfigError(f"cannot create a new run folder under {parent}")
 
 
-def prepare(experiment: Experiment, cfg: DictConfig) -> tuple[Path, DictConfig]:
+def prepare(experiment: Experiment, cfg: DictConfig, parent: Path | None = None) -> tuple[Path, DictConfig]:
     """Create the run directory and write ``resolved.yaml`` (rank 0 only).
 
     The resume target is resolved here too, so every rank resumes from the same file even when
     ``resume=last`` would find a different run later.
+
+    Args:
+        experiment: The experiment being run.
+        cfg: Its merged config (updated in place with the run's name and resume path).
+        parent: Create the run directory here instead of ``<runs>/<experiment>/`` (sweeps use it).
     """
     from keel.core.checkpoint import resolve_resume
 
@@ -75,7 +80,11 @@ def prepare(experiment: Experiment, cfg: DictConfig) -> tuple[Path, DictConfig]:
         resume_path = resolve_resume(str(cfg.resume), root, experiment.name)
         with open_dict(cfg):
             cfg.resume = str(resume_path)
-    run_dir = _new_run_dir(root, experiment.name, cfg.run.name)
+    if parent is not None:
+        run_dir = parent / str(cfg.run.name)
+        run_dir.mkdir(parents=True, exist_ok=False)
+    else:
+        run_dir = _new_run_dir(root, experiment.name, cfg.run.name)
     with open_dict(cfg):
         cfg.run.runs_dir = str(root)
         cfg.run.name = run_dir.name

@@ -1,0 +1,247 @@
+"""Analyses of sweeps (see :mod:`keel.core.sweep`): tables and plots written into experiment READMEs.
+
+* :func:`final_metric_table` compares arms by a final metric (best grid point per arm by the mean
+  over seeds), with mean, standard deviation and every seed's value.
+* :func:`steps_to_target` is the optimizer-paper measurement: the target is the reference arm's
+  final validation loss; for every arm it reports the steps (and wall-clock seconds) each seed needed
+  to reach it, the ratio to the reference, the paper's claim, and a verdict.
+
+Both choose each arm's grid point on the sweep's own validation metric (the same data that is
+reported), which the README states; with few seeds that favours every arm alike.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from keel.core.plotting import read_metrics
+from keel.core.report import replace_block
+from keel.core.sweep import RunRecord
+
+
+def _key(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in params.items()) or "-"
+
+
+def by_arm_and_setting(records: Sequence[RunRecord]) -> dict[str, dict[str, list[RunRecord]]]:
+    """Group runs by arm, then by grid point."""
+    groups: dict[str, dict[str, list[RunRecord]]] = defaultdict(lambda: defaultdict(list))
+    for record in records:
+        groups[record.arm][_key(record.params)].append(record)
+    return groups
+
+
+def final_value(record: RunRecord, metric: str) -> float:
+    """The run's final value of ``metric`` from its summary, or NaN when it was not logged."""
+    value = record.summary.get("metrics", {}).get(metric)
+    return float(value) if value is not None else math.nan
+
+
+def best_setting(settings: dict[str, list[RunRecord]], metric: str, mode: str = "min") -> str:
+    """The grid point whose mean final ``metric`` over seeds is best (NaN counts as worst)."""
+
+    def score(runs: list[RunRecord]) -> float:
+        values = [final_value(r, metric) for r in runs]
+        mean = statistics.fmean(values) if values else math.nan
+        if math.isnan(mean):
+            return math.inf
+        return mean if mode == "min" else -mean
+
+    return min(settings, key=lambda key: score(settings[key]))
+
+
+def _mean_std(values: list[float]) -> str:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return "n/a"
+    if len(finite) == 1:
+        return f"{finite[0]:.4f}"
+    return f"{statistics.fmean(finite):.4f} ± {statistics.stdev(finite):.4f}"
+
+
+def plot_curves(curves: dict[str, list[tuple[list[int], list[float]]]], out: Path, ylabel: str, title: str) -> Path:
+    """Plot each arm's curves (one line per seed, same colour) and save a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(8, 5), dpi=110)
+    axes = figure.add_subplot()
+    colours = matplotlib.colormaps["tab10"]
+    for index, (arm, runs) in enumerate(curves.items()):
+        for seed_index, (steps, values) in enumerate(runs):
+            axes.plot(steps, values, color=colours(index % 10), alpha=0.8, label=arm if seed_index == 0 else None)
+    axes.set_xlabel("step")
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(out)
+    return out
+
+
+def final_metric_table(
+    records: Sequence[RunRecord],
+    experiment_dir: Path,
+    sweep_dir: Path,
+    command: str,
+    tiny: bool = False,
+    metric: str = "val/loss",
+    mode: str = "min",
+    paper: str = "",
+) -> str:
+    """Write a table of each arm's best setting by ``metric`` into the experiment README.
+
+    Returns:
+        The Markdown written.
+    """
+    groups = by_arm_and_setting(records)
+    lines = [
+        f"| arm | best setting | {metric} (mean ± sd over seeds) | per seed |",
+        "|---|---|---|---|",
+    ]
+    curves: dict[str, list[tuple[list[int], list[float]]]] = {}
+    for arm, settings in groups.items():
+        best = best_setting(settings, metric, mode)
+        values = [final_value(r, metric) for r in settings[best]]
+        per_seed = ", ".join(f"{v:.4f}" for v in values)
+        lines.append(f"| {arm} | {best} | {_mean_std(values)} | {per_seed} |")
+        curves[arm] = [read_metrics(r.metrics_csv(), [metric]).get(metric, ([], [])) for r in settings[best]]
+    plot_curves(curves, experiment_dir / "results.png", metric, f"{experiment_dir.name}: best setting per arm")
+    body = _header(command, sweep_dir, records, tiny, paper) + ["", *lines, "", "![curves](results.png)"]
+    text = "\n".join(body)
+    replace_block(experiment_dir / "README.md", text)
+    return text
+
+
+def _header(command: str, sweep_dir: Path, records: Sequence[RunRecord], tiny: bool, paper: str) -> list[str]:
+    seeds = sorted({r.seed for r in records})
+    scale = "tiny (CI) scale: a smoke test, not a measurement" if tiny else "full sweep"
+    lines = [
+        f"Produced by `{command}` ({len(records)} runs, seeds {seeds}, {scale}; sweep `{sweep_dir.name}`).",
+        "Each arm's setting is the grid point with the best mean validation metric over seeds.",
+    ]
+    if paper:
+        lines += ["", f"Paper: {paper}"]
+    return lines
+
+
+def first_step_reaching(metrics_csv: Path, metric: str, target: float) -> tuple[int | None, float | None]:
+    """The first logged step where ``metric`` <= ``target``, and the wall-clock seconds at that step."""
+    curves = read_metrics(metrics_csv, [metric, "perf/elapsed_s"])
+    steps, values = curves.get(metric, ([], []))
+    for step, value in zip(steps, values, strict=True):
+        if value <= target:
+            t_steps, t_values = curves.get("perf/elapsed_s", ([], []))
+            seconds = None
+            for s, v in zip(t_steps, t_values, strict=True):
+                if s <= step:
+                    seconds = v
+            return step, seconds
+    return None, None
+
+
+def steps_to_target(
+    records: Sequence[RunRecord],
+    experiment_dir: Path,
+    sweep_dir: Path,
+    command: str,
+    reference_arm: str,
+    tiny: bool = False,
+    metric: str = "val/loss",
+    claim_ratio: float = 0.5,
+    paper: str = "",
+) -> str:
+    """Steps and wall-clock each arm needs to reach the reference arm's final ``metric``.
+
+    Args:
+        records: The sweep's runs.
+        experiment_dir: Where the README and plot go.
+        sweep_dir: The sweep folder (named in the README).
+        command: The command that produced the sweep.
+        reference_arm: The baseline (AdamW); its best setting's mean final metric is the target.
+        tiny: Whether this was the tiny sweep.
+        metric: The validation metric (lower is better).
+        claim_ratio: The paper's claimed steps ratio (0.5 = "2x fewer steps").
+        paper: The paper's claim, quoted in the README.
+
+    Returns:
+        The Markdown written.
+    """
+    groups = by_arm_and_setting(records)
+    if reference_arm not in groups:
+        raise ValueError(f"reference arm '{reference_arm}' is not in the sweep")
+    best = {arm: best_setting(settings, metric) for arm, settings in groups.items()}
+    reference_runs = groups[reference_arm][best[reference_arm]]
+    target = statistics.fmean(final_value(r, metric) for r in reference_runs)
+    table = [
+        f"Target: {reference_arm}'s final {metric} at its best setting, {target:.4f} (mean over seeds).",
+        "",
+        "| arm | setting | final " + metric + " | steps to target (per seed) | median steps | steps ratio | "
+        "wall-clock to target (s, median) | time ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    summary: dict[str, Any] = {"target": target, "arms": {}}
+    reference_steps = reference_seconds = None
+    order = [reference_arm, *[a for a in groups if a != reference_arm]]
+    rows = {}
+    for arm in order:
+        runs = groups[arm][best[arm]]
+        reached = [first_step_reaching(r.metrics_csv(), metric, target) for r in runs]
+        steps = [s for s, _ in reached]
+        seconds = [t for _, t in reached if t is not None]
+        done = [s for s in steps if s is not None]
+        median_steps = statistics.median(done) if len(done) == len(steps) else None
+        median_seconds = statistics.median(seconds) if median_steps is not None and seconds else None
+        if arm == reference_arm:
+            reference_steps, reference_seconds = median_steps, median_seconds
+        rows[arm] = (runs, steps, median_steps, median_seconds)
+    for arm in order:
+        runs, steps, median_steps, median_seconds = rows[arm]
+        ratio = median_steps / reference_steps if median_steps and reference_steps else None
+        time_ratio = median_seconds / reference_seconds if median_seconds and reference_seconds else None
+        finals = [final_value(r, metric) for r in runs]
+        shown_steps = ", ".join("not reached" if s is None else str(s) for s in steps)
+        table.append(
+            f"| {arm} | {best[arm]} | {_mean_std(finals)} | {shown_steps} | "
+            f"{median_steps if median_steps is not None else 'not reached'} | "
+            f"{f'{ratio:.2f}' if ratio else '-'} | {f'{median_seconds:.0f}' if median_seconds else '-'} | "
+            f"{f'{time_ratio:.2f}' if time_ratio else '-'} |"
+        )
+        summary["arms"][arm] = {"setting": best[arm], "steps": steps, "ratio": ratio, "time_ratio": time_ratio}
+    verdicts = []
+    for arm in order[1:]:
+        ratio = summary["arms"][arm]["ratio"]
+        if ratio is None:
+            verdicts.append(f"- **{arm}: not reproduced**: it did not reach the target in every seed.")
+        elif ratio <= claim_ratio * 1.1:
+            verdicts.append(f"- **{arm}: reproduced**: {ratio:.2f}x the reference's steps (claim {claim_ratio:.2f}x).")
+        elif ratio < 0.9:
+            verdicts.append(
+                f"- **{arm}: partly reproduced**: faster ({ratio:.2f}x the steps) but short of the claimed "
+                f"{claim_ratio:.2f}x."
+            )
+        else:
+            verdicts.append(
+                f"- **{arm}: not reproduced**: {ratio:.2f}x the reference's steps (claim {claim_ratio:.2f}x)."
+            )
+    curves = {
+        arm: [read_metrics(r.metrics_csv(), [metric]).get(metric, ([], [])) for r in rows[arm][0]] for arm in order
+    }
+    plot_curves(
+        curves, experiment_dir / "results.png", metric, f"{experiment_dir.name}: {metric}, best setting per arm"
+    )
+    body = _header(command, sweep_dir, records, tiny, paper) + ["", *table, "", "Verdict:", "", *verdicts]
+    body += ["", "![validation loss per arm and seed](results.png)"]
+    text = "\n".join(body)
+    replace_block(experiment_dir / "README.md", text)
+    (experiment_dir / "results.json").write_text(json.dumps({"command": command, **summary}, indent=2) + "\n")
+    return text
