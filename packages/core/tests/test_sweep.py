@@ -21,7 +21,9 @@ arms:
     grid: {model.hidden: [8, 16]}
   wide:
     grid: {model.hidden: [32]}
-tiny: {seeds: [0], grid_points: 1}
+profiles:
+  tiny: {tiny: true, seeds: [0], grid_points: 1}
+  short: {tiny: true, overrides: [trainer.max_steps=2]}
 analysis:
   _target_: keel.core.analysis.steps_to_target
   reference_arm: plain
@@ -49,9 +51,10 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_expand_full_and_tiny(project: Path) -> None:
     from keel.core.config import find_experiment
+    from keel.core.sweep import profile_of
 
     spec = load_sweep(find_experiment("toy"))
-    full = expand(spec, tiny=False, overrides=["trainer.max_steps=3"])
+    full = expand(spec, profile_of(spec, None), overrides=["trainer.max_steps=3"])
     assert [r.name for r in full] == [
         "plain_hidden=8_seed=0",
         "plain_hidden=8_seed=1",
@@ -61,9 +64,15 @@ def test_expand_full_and_tiny(project: Path) -> None:
         "wide_hidden=32_seed=1",
     ]
     assert full[0].overrides == ["model.lr=0.05", "model.hidden=8", "seed=0", "trainer.max_steps=3"]
-    assert [r.name for r in expand(spec, tiny=True, overrides=[])] == ["plain_hidden=8_seed=0", "wide_hidden=32_seed=0"]
+    tiny = expand(spec, profile_of(spec, "tiny"), overrides=[])
+    assert [r.name for r in tiny] == ["plain_hidden=8_seed=0", "wide_hidden=32_seed=0"]
+    short = expand(spec, profile_of(spec, "short"), overrides=[])
+    assert len(short) == 6
+    assert short[0].overrides[0] == "trainer.max_steps=2"
     with pytest.raises(ConfigError, match="no arm named"):
-        expand(spec, tiny=False, overrides=[], only=["nope"])
+        expand(spec, profile_of(spec, None), overrides=[], only=["nope"])
+    with pytest.raises(ConfigError, match="unknown sweep profile"):
+        profile_of(spec, "gpu")
 
 
 def test_sweep_runs_analyses_and_resumes(project: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,7 +6,7 @@ Verbs::
     keel list
     keel export <run dir | checkpoint> [--format safetensors] [--checkpoint last|best] [--out FILE]
     keel report <experiment> [--run RUN_DIR]
-    keel sweep <experiment> [key=value ...] [--tiny] [--resume SWEEP_DIR] [--only ARM]
+    keel sweep <experiment> [key=value ...] [--tiny | --profile NAME] [--resume SWEEP_DIR] [--only ARM]
     keel <area> <verb> ...        commands that installed domain packages add (entry points "keel.commands")
 
 A problem the user can fix (a :class:`~keel.core.errors.KeelError`) is printed as one line on
@@ -29,7 +29,7 @@ USAGE = """usage: keel run <experiment> [key=value ...] [--tiny] [--print-config
        keel list
        keel export <run dir | checkpoint> [--format safetensors] [--checkpoint last|best] [--out FILE]
        keel report <experiment> [--run RUN_DIR]
-       keel sweep <experiment> [key=value ...] [--tiny] [--resume SWEEP_DIR] [--only ARM]
+       keel sweep <experiment> [key=value ...] [--tiny | --profile NAME] [--resume SWEEP_DIR] [--only ARM]
        keel <area> <verb> ...   (commands added by installed keel packages: {areas})"""
 
 RUN_FLAGS = {"--tiny", "--print-config", "--debug"}
@@ -188,18 +188,22 @@ def cmd_sweep(argv: list[str]) -> int:
     parser = _Parser(prog="keel sweep", description="Run an experiment's sweep.yaml and write its results.")
     parser.add_argument("experiment")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
-    parser.add_argument("--tiny", action="store_true", help="tiny.yaml and the sweep's tiny subset")
+    parser.add_argument("--tiny", action="store_true", help="the sweep's tiny profile (the CI smoke test)")
+    parser.add_argument("--profile", default=None, help="a profile of sweep.yaml (e.g. cpu)")
     parser.add_argument("--resume", default=None, help="finish this sweep folder")
     parser.add_argument("--only", action="append", default=None, help="run only this arm (repeatable)")
     parser.add_argument("--analyse-only", default=None, metavar="SWEEP_DIR", help="re-run the analysis")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
-    tiny_flag = " --tiny" if args.tiny else ""
-    command = f"keel sweep {args.experiment}{tiny_flag}" + "".join(f" {o}" for o in args.overrides)
+    if args.tiny and args.profile not in (None, "tiny"):
+        raise ConfigError("keel sweep: --tiny and --profile are exclusive")
+    profile = "tiny" if args.tiny else args.profile
+    flag = " --tiny" if args.tiny else (f" --profile {profile}" if profile else "")
+    command = f"keel sweep {args.experiment}{flag}" + "".join(f" {o}" for o in args.overrides)
     if args.analyse_only:
         analyse(args.experiment, Path(args.analyse_only), command)
         return 0
-    sweep_dir, _ = run_sweep(args.experiment, args.overrides, args.tiny, args.resume, args.only)
+    sweep_dir, _ = run_sweep(args.experiment, args.overrides, profile, args.resume, args.only)
     analyse(args.experiment, sweep_dir, command)
     print(f"sweep_dir: {sweep_dir}")
     return 0

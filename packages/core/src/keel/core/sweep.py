@@ -9,11 +9,14 @@ An experiment that compares methods keeps a ``sweep.yaml`` beside its ``config.y
         overrides: [model.optimizer._target_=torch.optim.AdamW]
         grid: {model.optimizer.lr: [3.0e-4, 6.0e-4, 1.2e-3]}
       sophiag: ...
-    tiny: {seeds: [0], grid_points: 1}        # what --tiny keeps of the grid
+    profiles:                # named variants (--profile cpu); --tiny means --profile tiny
+      cpu: {tiny: true, overrides: [trainer.max_steps=1500]}    # tiny.yaml's model, a longer run
+      tiny: {tiny: true, seeds: [0], grid_points: 1}            # the CI smoke test
     analysis:
       _target_: keel.core.optim.analysis.steps_to_target
       reference_arm: adamw
 
+Without a ``tiny`` profile, ``--tiny`` applies ``tiny.yaml`` to the first seed and first grid point.
 Every run is an ordinary keel run (its own folder with ``resolved.yaml``, ``metrics.csv``,
 ``summary.json``) under ``runs/<experiment>/sweep-<timestamp>/``; ``sweep.json`` there lists them.
 A sweep started again with ``--resume <sweep dir>`` skips the runs that finished. Then the
@@ -85,7 +88,7 @@ def load_sweep(experiment: Experiment) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"experiment '{experiment.name}' has no sweep.yaml; run it with keel run instead")
     spec = yaml.safe_load(path.read_text()) or {}
-    unknown = set(spec) - {"description", "seeds", "arms", "tiny", "analysis"}
+    unknown = set(spec) - {"description", "seeds", "arms", "profiles", "analysis"}
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
     if not spec.get("arms"):
@@ -94,17 +97,48 @@ def load_sweep(experiment: Experiment) -> dict[str, Any]:
         extra = set(body or {}) - {"overrides", "grid"}
         if extra:
             raise ConfigError(f"{path}: arm '{arm}' has unknown keys {sorted(extra)}")
+    for name, profile in (spec.get("profiles") or {}).items():
+        extra = set(profile or {}) - {"tiny", "seeds", "grid_points", "overrides"}
+        if extra:
+            raise ConfigError(f"{path}: profile '{name}' has unknown keys {sorted(extra)}")
     return spec
 
 
-def expand(spec: dict[str, Any], tiny: bool, overrides: list[str], only: list[str] | None = None) -> list[RunSpec]:
-    """The runs of a sweep, in order: arm by arm, grid point by grid point, seed by seed."""
+DEFAULT_TINY_PROFILE = {"tiny": True, "grid_points": 1}
+
+
+def profile_of(spec: dict[str, Any], name: str | None) -> dict[str, Any]:
+    """The settings of profile ``name`` (``None``: the full sweep on ``config.yaml``).
+
+    Raises:
+        ConfigError: On an unknown profile.
+    """
+    if name is None:
+        return {"tiny": False}
+    profiles = spec.get("profiles") or {}
+    if name in profiles:
+        return dict(profiles[name] or {})
+    if name == "tiny":
+        return {**DEFAULT_TINY_PROFILE, "seeds": list(spec.get("seeds", [0]))[:1]}
+    raise ConfigError(f"unknown sweep profile '{name}'; profiles: {', '.join(['tiny', *profiles])}")
+
+
+def expand(
+    spec: dict[str, Any], profile: dict[str, Any], overrides: list[str], only: list[str] | None = None
+) -> list[RunSpec]:
+    """The runs of a sweep, in order: arm by arm, grid point by grid point, seed by seed.
+
+    Args:
+        spec: The sweep (see :func:`load_sweep`).
+        profile: The profile's settings (see :func:`profile_of`).
+        overrides: Command-line overrides, applied last to every run.
+        only: Restrict to these arms.
+    """
     seeds = list(spec.get("seeds", [0]))
-    limit = None
-    if tiny:
-        small = spec.get("tiny", {}) or {}
-        seeds = list(small.get("seeds", seeds[:1]))
-        limit = small.get("grid_points", 1)
+    if "seeds" in profile:
+        seeds = list(profile["seeds"])
+    limit = profile.get("grid_points")
+    shared = list(profile.get("overrides", []))
     runs = []
     for arm, body in spec["arms"].items():
         if only and arm not in only:
@@ -117,7 +151,7 @@ def expand(spec: dict[str, Any], tiny: bool, overrides: list[str], only: list[st
             params = dict(zip(keys, combo, strict=True))
             for seed in seeds:
                 run_overrides = [*body.get("overrides", []), *(f"{k}={v}" for k, v in params.items()), f"seed={seed}"]
-                runs.append(RunSpec(arm, params, int(seed), [*run_overrides, *overrides]))
+                runs.append(RunSpec(arm, params, int(seed), [*shared, *run_overrides, *overrides]))
     if only and not runs:
         raise ConfigError(f"no arm named {only}; arms: {', '.join(spec['arms'])}")
     return runs
@@ -126,7 +160,7 @@ def expand(spec: dict[str, Any], tiny: bool, overrides: list[str], only: list[st
 def run_sweep(
     spec_name: str,
     overrides: list[str] | None = None,
-    tiny: bool = False,
+    profile_name: str | None = None,
     resume: str | None = None,
     only: list[str] | None = None,
 ) -> tuple[Path, list[RunRecord]]:
@@ -135,7 +169,7 @@ def run_sweep(
     Args:
         spec_name: The experiment.
         overrides: ``key=value`` overrides for every run.
-        tiny: Use the experiment's ``tiny.yaml`` and the sweep's ``tiny`` subset.
+        profile_name: A profile of the sweep (``tiny``, ``cpu`` ...); ``None`` runs the full sweep.
         resume: A sweep folder to finish instead of starting a new one.
         only: Restrict to these arms.
     """
@@ -144,7 +178,9 @@ def run_sweep(
 
     experiment = find_experiment(spec_name)
     spec = load_sweep(experiment)
-    runs = expand(spec, tiny, overrides or [], only)
+    profile = profile_of(spec, profile_name)
+    tiny = bool(profile.get("tiny"))
+    runs = expand(spec, profile, overrides or [], only)
     configs = []
     for run in runs:  # check every run's config before the first one starts
         cfg = load_config(experiment, [*run.overrides, f"run.name={run.name}"], tiny=tiny)
@@ -156,7 +192,8 @@ def run_sweep(
         if not sweep_dir.is_dir():
             raise ConfigError(f"--resume: no sweep folder {resume}")
     else:
-        sweep_dir = root / experiment.name / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+        label = f"-{profile_name}" if profile_name else ""
+        sweep_dir = root / experiment.name / f"sweep{label}-{time.strftime('%Y%m%d-%H%M%S')}"
         sweep_dir.mkdir(parents=True, exist_ok=False)
     print(f"sweep_dir: {sweep_dir}  ({len(runs)} runs)", flush=True)
     records: list[RunRecord] = []
@@ -172,7 +209,15 @@ def run_sweep(
         summary = json.loads((run_dir / "summary.json").read_text())
         records.append(RunRecord(run.arm, run.params, run.seed, str(run_dir), summary))
     (sweep_dir / "sweep.json").write_text(
-        json.dumps({"experiment": experiment.name, "tiny": tiny, "runs": [asdict(r) for r in records]}, indent=2)
+        json.dumps(
+            {
+                "experiment": experiment.name,
+                "profile": profile_name,
+                "tiny": profile_name == "tiny",
+                "runs": [asdict(r) for r in records],
+            },
+            indent=2,
+        )
     )
     return sweep_dir, records
 
