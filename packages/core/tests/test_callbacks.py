@@ -5,14 +5,16 @@ from __future__ import annotations
 import io
 import os
 import random
+import socket
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from keel.core.callbacks import FiniteLossGuard, PlainProgressBar, RNGStateCallback
 from keel.core.errors import NonFiniteLossError
@@ -36,25 +38,65 @@ def test_rng_state_round_trip_single_process() -> None:
     assert _draws() == expected
 
 
-def _rank_worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+# The worker runs as a script in fresh processes: pickling a function from this test module into
+# spawned children would need the test directory importable, which it is not under --import-mode=importlib.
+RANK_WORKER = textwrap.dedent(
+    """
+    import os
+    import random
+    import sys
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
+    from keel.core.callbacks import RNGStateCallback
+
+    def draws():
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    rank, world, out = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), sys.argv[1]
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(100 + rank)  # ranks draw different dropout masks in a real run
     random.seed(100 + rank)
     np.random.seed(100 + rank)
     state = RNGStateCallback().state_dict()  # collective: every rank takes part
-    expected = _draws()
-    _draws()
+    expected = draws()
+    draws()
     restored = RNGStateCallback()
     restored.load_state_dict(state)
     restored.on_train_batch_start(SimpleNamespace(world_size=world, global_rank=rank), None, None, 0)
-    torch.save({"expected": expected, "got": _draws(), "ranks": len(state["per_rank"])}, f"{out}/rank{rank}.pt")
+    torch.save({"expected": expected, "got": draws(), "ranks": len(state["per_rank"])}, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
+    """
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @RunIf(distributed=True, linux=True)
 def test_rng_state_is_gathered_and_restored_per_rank(tmp_path: Path) -> None:
-    mp.spawn(_rank_worker, args=(2, 29517, str(tmp_path)), nprocs=2, join=True)
+    script = tmp_path / "worker.py"
+    script.write_text(RANK_WORKER)
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path)],
+            env={**env, "RANK": str(rank), "OMP_NUM_THREADS": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    for proc in procs:
+        out, _ = proc.communicate(timeout=240)
+        assert proc.returncode == 0, out[-3000:]
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for result in results:
         assert result["ranks"] == 2
