@@ -14,6 +14,7 @@ _MODULE_OF = {
     "SophiaG": "sophia",
     "SophiaH": "sophia",
     "SophiaHessianCallback": "sophia_lightning",
+    "refresh_under_deepspeed": "sophia_lightning",
     "SOAP": "soap",
     "Shampoo": "shampoo",
 }
