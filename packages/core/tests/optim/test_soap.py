@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -475,3 +476,16 @@ def test_merge_dims_and_channels_last_follow_the_official_layout():
 def test_invalid_arguments_are_rejected(kwargs):
     with pytest.raises(ValueError, match="SOAP"):
         SOAP([nn.Parameter(torch.zeros(2))], **kwargs)
+
+
+def test_flat_parameters_warn_that_soap_is_adam():
+    # what DeepSpeed ZeRO hands a client optimizer: one flat fp32 partition per group
+    flat = torch.nn.Parameter(torch.zeros(64))
+    flat.grad = torch.ones(64)
+    with pytest.warns(UserWarning, match="only 1-D parameters, so nothing is preconditioned"):
+        SOAP([flat]).step()
+    matrix = torch.nn.Parameter(torch.zeros(4, 4))
+    matrix.grad = torch.ones(4, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SOAP([matrix, torch.nn.Parameter(torch.zeros(4))]).step()

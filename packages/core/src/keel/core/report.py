@@ -21,17 +21,25 @@ from keel.core.errors import ConfigError
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
-def replace_block(readme: Path, body: str) -> None:
+def replace_block(readme: Path, body: str, name: str | None = None) -> None:
     """Replace the results block of ``readme`` with ``body``.
 
+    Args:
+        readme: The README to edit.
+        body: The Markdown to put between the markers.
+        name: ``None`` for the block between ``<!-- results:start -->`` and ``<!-- results:end -->``;
+            a name selects ``<!-- results:NAME:start -->`` ... ``<!-- results:NAME:end -->``, so one
+            README can hold the results of several commands.
+
     Raises:
-        ConfigError: If the README has no results markers.
+        ConfigError: If the README has no such markers.
     """
+    start, end = (START, END) if name is None else (f"<!-- results:{name}:start -->", f"<!-- results:{name}:end -->")
     text = readme.read_text()
-    if START not in text or END not in text:
-        raise ConfigError(f"{readme} has no {START} ... {END} block to fill")
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.DOTALL)
-    readme.write_text(pattern.sub(lambda _: f"{START}\n{body.rstrip()}\n{END}", text, count=1))
+    if start not in text or end not in text:
+        raise ConfigError(f"{readme} has no {start} ... {end} block to fill")
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.DOTALL)
+    readme.write_text(pattern.sub(lambda _: f"{start}\n{body.rstrip()}\n{end}", text, count=1))
 
 
 def _hardware(summary: dict, resolved: dict) -> str:
@@ -102,7 +110,17 @@ def report(experiment_dir: Path, run_dir: Path, command: str) -> None:
 
 
 def headline(record: dict) -> str:
-    """The few numbers that summarise a reported run, for the repository README's table."""
+    """The few numbers that summarise a reported run or sweep, for the repository README's table."""
+    if isinstance(record.get("headline"), str):  # an analysis that summarises itself
+        return record["headline"]
+    arms = record.get("arms")
+    if isinstance(arms, dict) and "target" in record:  # steps_to_target: each arm's ratio to the reference
+        ratios = [
+            f"{arm} {v['ratio']:.2f}x"
+            for arm, v in arms.items()
+            if isinstance(v, dict) and v.get("ratio") not in (None, 1.0)
+        ]
+        return "steps to the reference's loss: " + ", ".join(ratios) if ratios else "see README"
     metrics = record.get("metrics", {})
     shown = [f"{k} {metrics[k]:.3f}" for k in sorted(metrics) if k.startswith("val/") and not k.endswith("_step")]
     tokens = record.get("throughput", {}).get("tokens_per_sec")

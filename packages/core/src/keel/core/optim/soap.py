@@ -26,6 +26,7 @@ float64 factors, where the official code drops to float32).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from itertools import chain
 from typing import Any
@@ -271,6 +272,8 @@ class SOAP(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if not self.state:
+            self._warn_if_nothing_is_preconditioned()
         for group in self.param_groups:
             params, grads = [], []
             for param in group["params"]:
@@ -290,6 +293,18 @@ class SOAP(Optimizer):
             if params:
                 self._adam_step(group, params, grads)
         return loss
+
+    def _warn_if_nothing_is_preconditioned(self) -> None:
+        # DeepSpeed ZeRO (and FSDP with flat parameters) hand the optimizer flat 1-D partitions: SOAP
+        # then has no matrix to precondition and silently becomes Adam.
+        groups = self.param_groups
+        params = [p for g in groups if not g["precondition_1d"] for p in g["params"] if p.requires_grad]
+        if params and len(params) == sum(len(g["params"]) for g in groups) and all(p.dim() <= 1 for p in params):
+            warnings.warn(
+                "SOAP was given only 1-D parameters, so nothing is preconditioned and it reduces to Adam. "
+                "If a wrapper flattened them (DeepSpeed ZeRO, flat-parameter FSDP), run SOAP under DDP instead.",
+                stacklevel=3,
+            )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state from :meth:`state_dict`, keeping float32 state of half-precision parameters."""

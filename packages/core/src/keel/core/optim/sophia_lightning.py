@@ -251,7 +251,15 @@ class SophiaHessianCallback(L.Callback):
         # the estimate must be of the full loss of this micro-batch.
         scale = trainer.accumulate_grad_batches if pl_module.automatic_optimization else 1
         for opt in optimizers:
-            estimates = opt.hutchinson(loss)
+            try:
+                estimates = opt.hutchinson(loss)
+            except RuntimeError as err:
+                if "derivative for" not in str(err):
+                    raise
+                raise ConfigError(
+                    f"SophiaH needs a double backward through the model, which one of its kernels lacks ({err}); "
+                    "build the model with attention that supports it, e.g. attn_implementation='eager'"
+                ) from err
             present = [e for e in estimates if e is not None]
             if scale != 1 and present:
                 torch._foreach_mul_(present, float(scale))

@@ -32,6 +32,7 @@ def build_causal_lm(
     model_type: str = "gpt2",
     vocab_size: int | None = None,
     init_from: str | Path | None = None,
+    attn_implementation: str | None = None,
     **config_kwargs: Any,
 ) -> Any:
     """Build a Hugging Face causal LM from a config, without downloading anything.
@@ -44,6 +45,9 @@ def build_causal_lm(
             differs has its embeddings resized.
         init_from: A local directory holding ``config.json`` and ``*.safetensors`` weights (what
             ``save_pretrained`` writes). ``None`` initialises the weights randomly.
+        attn_implementation: ``"eager"``, ``"sdpa"`` ... (``None``: transformers' default). Methods that
+            differentiate twice (SophiaH's Hessian-vector products) need ``"eager"``: PyTorch's fused
+            CPU attention kernels have no double backward.
         **config_kwargs: Config fields to override, e.g. ``n_layer=2, n_embd=32`` for GPT-2.
 
     Returns:
@@ -56,7 +60,7 @@ def build_causal_lm(
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if init_from is not None:
-        return _load_local(Path(init_from).expanduser(), vocab_size, config_kwargs)
+        return _load_local(Path(init_from).expanduser(), vocab_size, config_kwargs, attn_implementation)
 
     try:
         defaults = AutoConfig.for_model(model_type)
@@ -72,12 +76,12 @@ def build_causal_lm(
                 kwargs[field] = None
     config = AutoConfig.for_model(model_type, **kwargs)
     _reject_unknown_fields(model_type, defaults, config, config_kwargs)
-    model = AutoModelForCausalLM.from_config(config)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
     _set_causal_loss(model)
     return model
 
 
-def _load_local(path: Path, vocab_size: int | None, overrides: dict[str, Any]) -> Any:
+def _load_local(path: Path, vocab_size: int | None, overrides: dict[str, Any], attn_implementation: str | None) -> Any:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if not (path / "config.json").is_file():
@@ -89,7 +93,12 @@ def _load_local(path: Path, vocab_size: int | None, overrides: dict[str, Any]) -
         config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False, **overrides)
         _reject_unknown_fields(defaults.model_type, defaults, config, overrides)
         model = AutoModelForCausalLM.from_pretrained(
-            path, config=config, local_files_only=True, trust_remote_code=False, use_safetensors=True
+            path,
+            config=config,
+            local_files_only=True,
+            trust_remote_code=False,
+            use_safetensors=True,
+            attn_implementation=attn_implementation,
         )
     except (OSError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
