@@ -122,21 +122,24 @@ def test_steps_to_target_numbers_and_verdicts(tmp_path: Path) -> None:
     from keel.core.analysis import steps_to_target
 
     (tmp_path / "README.md").write_text(README)
-    curve = {100: 3.0, 200: 2.5, 300: 2.0, 400: 1.8}
+    curve = {100: 3.0, 200: 2.5, 300: 2.0}
     records = [
-        _fake_run(tmp_path, "adamw", 0, curve, 0.1),
-        _fake_run(tmp_path, "adamw", 1, {**curve, 400: 1.8}, 0.1),
+        # finals 1.7 and 1.9: target 1.8, which seed 1 alone never reaches, but the mean curve does at 400
+        _fake_run(tmp_path, "adamw", 0, {**curve, 400: 1.7}, 0.1),
+        _fake_run(tmp_path, "adamw", 1, {**curve, 400: 1.9}, 0.1),
         # reaches 1.8 at step 200 in both seeds but each step costs 1.5x: steps ratio 0.5, time ratio 0.75
         _fake_run(tmp_path, "fast", 0, {100: 2.0, 200: 1.7, 300: 1.6, 400: 1.5}, 0.15),
-        _fake_run(tmp_path, "fast", 1, {100: 2.1, 200: 1.8, 300: 1.6, 400: 1.5}, 0.15),
+        _fake_run(tmp_path, "fast", 1, {100: 2.1, 200: 1.79, 300: 1.6, 400: 1.5}, 0.15),
         _fake_run(tmp_path, "slow", 0, {100: 3.0, 200: 2.9, 300: 2.5, 400: 2.2}, 0.1),
         _fake_run(tmp_path, "slow", 1, {100: 3.0, 200: 2.9, 300: 2.5, 400: 2.2}, 0.1),
     ]
     text = steps_to_target(records, tmp_path, tmp_path, "keel sweep x", reference_arm="adamw", claim_ratio=0.5)
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["target"] == pytest.approx(1.8)
-    assert results["arms"]["adamw"]["steps"] == [400, 400]
-    assert results["arms"]["fast"]["steps"] == [200, 200]
+    assert results["arms"]["adamw"]["steps"] == 400
+    assert results["arms"]["adamw"]["per_seed"] == [400, None]
+    assert results["arms"]["fast"]["steps"] == 200
+    assert results["arms"]["fast"]["per_seed"] == [200, 200]
     assert results["arms"]["fast"]["ratio"] == pytest.approx(0.5)
     assert results["arms"]["fast"]["time_ratio"] == pytest.approx(0.75)
     assert results["arms"]["slow"]["ratio"] is None

@@ -16,6 +16,7 @@ stderr with a non-zero exit status, 2 for usage and config errors; ``--debug`` a
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import traceback
@@ -201,6 +202,9 @@ def cmd_sweep(argv: list[str]) -> int:
     flag = " --tiny" if args.tiny else (f" --profile {profile}" if profile else "")
     command = f"keel sweep {args.experiment}{flag}" + "".join(f" {o}" for o in args.overrides)
     if args.analyse_only:
+        if profile is None:  # name the profile the sweep was run with, not this command's
+            recorded = json.loads((Path(args.analyse_only) / "sweep.json").read_text()).get("profile")
+            command += " --tiny" if recorded == "tiny" else (f" --profile {recorded}" if recorded else "")
         analyse(args.experiment, Path(args.analyse_only), command)
         return 0
     sweep_dir, _ = run_sweep(args.experiment, args.overrides, profile, args.resume, args.only)
