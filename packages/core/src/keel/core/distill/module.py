@@ -79,6 +79,59 @@ def student_from(teacher_path: str, **overrides: Any) -> nn.Module:
     return AutoModel.from_config(config)
 
 
+def distillation_losses(
+    student: nn.Module,
+    teacher: nn.Module,
+    batch: dict[str, torch.Tensor],
+    objective: str = "minilm",
+    relation_heads: int | None = None,
+    lift: nn.Module | None = None,
+    teacher_heads: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """The distillation loss terms of ``student`` against a frozen ``teacher`` on one batch.
+
+    Args:
+        student: The model being trained.
+        teacher: The model mimicked; run without gradients.
+        batch: ``input_ids`` and ``attention_mask``, ``[batch, length]``.
+        objective: ``minilm`` (last-layer attention + value-relation KL, MiniLM Eq. 5) or ``hidden_mse``.
+        relation_heads: MiniLM only: re-split both models into this many relation heads.
+        lift: ``hidden_mse`` only: maps the student's width to the teacher's when they differ.
+        teacher_heads: The teacher's head count (read from its config when omitted).
+
+    Returns:
+        ``{"loss": ...}`` plus, for MiniLM, ``attention_kl`` and ``value_kl``.
+    """
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    mask = batch["attention_mask"]
+    if objective == "minilm":
+        with torch.no_grad(), capture_last_layer_qkv(teacher) as teacher_qkv:
+            teacher(**inputs)
+        with capture_last_layer_qkv(student) as student_qkv:
+            student(**inputs)
+        heads = teacher_heads if teacher_heads is not None else num_heads(teacher)
+        terms = minilm_losses(teacher_qkv[-1], student_qkv[-1], heads, num_heads(student), mask, relation_heads)
+        return {"loss": terms.total, "attention_kl": terms.attention, "value_kl": terms.value_relation}
+    if objective != "hidden_mse":
+        raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got '{objective}'")
+    with torch.no_grad():
+        target = teacher(**inputs).last_hidden_state
+    hidden = student(**inputs).last_hidden_state
+    if lift is not None:
+        hidden = lift(hidden)
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    mse = ((hidden - target) ** 2 * weights).sum() / (weights.sum() * hidden.shape[-1]).clamp_min(1)
+    return {"loss": mse}
+
+
+def width_lift(student: nn.Module, teacher: nn.Module, objective: str) -> nn.Module | None:
+    """The learned map from the student's width to the teacher's that ``hidden_mse`` needs (None if equal)."""
+    teacher_width, student_width = teacher.config.hidden_size, student.config.hidden_size
+    if objective != "hidden_mse" or teacher_width == student_width:
+        return None
+    return nn.Linear(student_width, teacher_width)
+
+
 class DistillationModule(L.LightningModule):
     """Distill ``student`` from a frozen ``teacher`` on unlabelled text.
 
@@ -116,10 +169,7 @@ class DistillationModule(L.LightningModule):
             raise ConfigError(
                 f"teacher has {self.teacher_heads} heads and student {self.student_heads}: set relation_heads"
             )
-        teacher_width, student_width = teacher.config.hidden_size, student.config.hidden_size
-        self.lift = nn.Linear(student_width, teacher_width) if objective == "hidden_mse" else None
-        if self.lift is not None and student_width == teacher_width:
-            self.lift = None
+        self.lift = width_lift(student, teacher, objective)
 
     def train(self, mode: bool = True) -> DistillationModule:
         """Switch the student's mode; the teacher always stays in eval mode (no dropout)."""
@@ -129,25 +179,9 @@ class DistillationModule(L.LightningModule):
 
     def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The objective's loss terms for one batch (key ``loss`` is what is minimised)."""
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        mask = batch["attention_mask"]
-        if self.objective == "minilm":
-            with torch.no_grad(), capture_last_layer_qkv(self.teacher) as teacher_qkv:
-                self.teacher(**inputs)
-            with capture_last_layer_qkv(self.student) as student_qkv:
-                self.student(**inputs)
-            terms = minilm_losses(
-                teacher_qkv[-1], student_qkv[-1], self.teacher_heads, self.student_heads, mask, self.relation_heads
-            )
-            return {"loss": terms.total, "attention_kl": terms.attention, "value_kl": terms.value_relation}
-        with torch.no_grad():
-            target = self.teacher(**inputs).last_hidden_state
-        hidden = self.student(**inputs).last_hidden_state
-        if self.lift is not None:
-            hidden = self.lift(hidden)
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        mse = ((hidden - target) ** 2 * weights).sum() / (weights.sum() * hidden.shape[-1]).clamp_min(1)
-        return {"loss": mse}
+        return distillation_losses(
+            self.student, self.teacher, batch, self.objective, self.relation_heads, self.lift, self.teacher_heads
+        )
 
     def step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         """Compute and log the loss terms of ``stage``."""
