@@ -142,3 +142,18 @@ def test_extra_callbacks_from_config_must_be_callbacks(tmp_path: Path) -> None:
     cfg.callbacks = [{"_target_": "torch.nn.Identity"}]
     with pytest.raises(ConfigError, match=r"callbacks\[0\].*is not a Lightning Callback"):
         build_trainer(cfg, tmp_path / "b")
+
+
+def test_a_sophia_optimizer_brings_its_hessian_callback(tmp_path: Path) -> None:
+    from keel.core.optim import SophiaHessianCallback
+
+    sophia = "model.optimizer={_target_: keel.core.optim.SophiaG, _partial_: true, lr: 0.01}"
+    trainer = build_trainer(_boring_cfg(tmp_path, f"+{sophia}"), tmp_path / "run")
+    assert [type(c) for c in trainer.callbacks].count(SophiaHessianCallback) == 1
+    # a configured callback (here with its own k) is kept, and not doubled
+    configured = "callbacks=[{_target_: keel.core.optim.SophiaHessianCallback, update_period: 3}]"
+    trainer = build_trainer(_boring_cfg(tmp_path, f"+{sophia}", configured), tmp_path / "run2")
+    (callback,) = [c for c in trainer.callbacks if isinstance(c, SophiaHessianCallback)]
+    assert callback.update_period == 3
+    plain = build_trainer(_boring_cfg(tmp_path), tmp_path / "run3")
+    assert not any(isinstance(c, SophiaHessianCallback) for c in plain.callbacks)

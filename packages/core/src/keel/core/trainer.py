@@ -212,7 +212,29 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
         if not isinstance(callback, Callback):
             raise ConfigError(f"callbacks[{index}] ({node.get('_target_')}) is not a Lightning Callback")
         callbacks.append(callback)
+    model = cfg.get("model")
+    plain_model = OmegaConf.to_container(model, resolve=False) if isinstance(model, DictConfig) else model
+    if _uses_sophia(plain_model) and not any(type(c).__name__ == "SophiaHessianCallback" for c in callbacks):
+        from keel.core.optim import SophiaHessianCallback
+
+        # Sophia needs its periodic Hessian refresh; adding it here keeps switching an experiment to
+        # Sophia a one-line change (model.optimizer._target_). A configured callback takes precedence.
+        callbacks.append(SophiaHessianCallback())
     return callbacks
+
+
+SOPHIA_TARGETS = {f"keel.core.optim{module}.Sophia{kind}" for module in ("", ".sophia") for kind in "GH"}
+
+
+def _uses_sophia(node: Any) -> bool:
+    """Whether a plain config tree instantiates a Sophia optimizer anywhere (``_target_`` of any node)."""
+    if isinstance(node, dict):
+        if node.get("_target_") in SOPHIA_TARGETS:
+            return True
+        return any(_uses_sophia(value) for key, value in node.items() if key != "_target_")
+    if isinstance(node, list):
+        return any(_uses_sophia(value) for value in node)
+    return False
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:

@@ -1,7 +1,9 @@
 """Sophia under Lightning's automatic optimization: a callback that refreshes the Hessian every ``k`` steps.
 
-Add :class:`SophiaHessianCallback` to the trainer's callbacks and give the module a Sophia optimizer
-factory; nothing in the LightningModule has to change:
+Give the module a Sophia optimizer factory; ``keel run`` adds :class:`SophiaHessianCallback` to the
+trainer when the model's config instantiates a Sophia (list it under ``callbacks`` to set its
+arguments; with a plain Lightning Trainer, add it yourself). Nothing in the LightningModule has to
+change:
 
 .. code-block:: yaml
 
@@ -9,8 +11,8 @@ factory; nothing in the LightningModule has to change:
       optimizer: {_target_: keel.core.optim.SophiaG, _partial_: true, lr: 6e-4, rho: 0.05, weight_decay: 0.2}
     trainer:
       gradient_clip_val: 1.0  # the official loop clips the data gradients at 1.0
-    callbacks:
-      - _target_: keel.core.optim.SophiaHessianCallback
+    callbacks:  # optional under keel run: only to change its arguments
+      - {_target_: keel.core.optim.SophiaHessianCallback, update_period: 10}
 """
 
 from __future__ import annotations
