@@ -133,7 +133,12 @@ def test_steps_to_target_numbers_and_verdicts(tmp_path: Path) -> None:
         _fake_run(tmp_path, "slow", 0, {100: 3.0, 200: 2.9, 300: 2.5, 400: 2.2}, 0.1),
         _fake_run(tmp_path, "slow", 1, {100: 3.0, 200: 2.9, 300: 2.5, 400: 2.2}, 0.1),
     ]
-    text = steps_to_target(records, tmp_path, tmp_path, "keel sweep x", reference_arm="adamw", claim_ratio=0.5)
+    text = steps_to_target(
+        records, tmp_path, tmp_path, "keel sweep x", reference_arm="adamw", claim_ratio=0.5, extra_metrics=["val/loss"]
+    )
+    assert "| adamw | 1.8000 |" in text  # the grid table: mean of the finals 1.7 and 1.9
+    assert "| fast | 1.5000 |" in text
+    assert "| slow | 2.2000 |" in text
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["target"] == pytest.approx(1.8)
     assert results["arms"]["adamw"]["steps"] == 400

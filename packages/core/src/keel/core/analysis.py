@@ -149,6 +149,32 @@ def first_step_reaching(metrics_csv: Path, metric: str, target: float) -> tuple[
     return None, None
 
 
+def grid_table(groups: dict[str, dict[str, list[RunRecord]]], metric: str, order: Sequence[str]) -> list[str]:
+    """Markdown rows: every arm's mean final ``metric`` over seeds at every grid point it ran."""
+    settings = sorted({key for arm in order for key in groups[arm]}, key=_setting_order)
+    lines = [f"Mean final {metric} over seeds at every grid point:", ""]
+    lines += ["| arm | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
+    for arm in order:
+        cells = []
+        for key in settings:
+            runs = groups[arm].get(key)
+            cells.append(f"{statistics.fmean(final_value(r, metric) for r in runs):.4f}" if runs else "")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _setting_order(key: str) -> tuple[Any, ...]:
+    # "lr=0.00025" before "lr=0.001": numeric values sort as numbers
+    parts = []
+    for item in key.split(", "):
+        name, _, value = item.partition("=")
+        try:
+            parts.append((name, 0, float(value), ""))
+        except ValueError:
+            parts.append((name, 1, 0.0, value))
+    return tuple(parts)
+
+
 def mean_curve(records: Sequence[RunRecord], metric: str) -> tuple[list[int], list[float]]:
     """The seed-averaged curve of ``metric``: its mean over ``records`` at the steps every run logged."""
     curves = [dict(zip(*read_metrics(r.metrics_csv(), [metric]).get(metric, ([], [])), strict=True)) for r in records]
@@ -179,6 +205,7 @@ def steps_to_target(
     metric: str = "val/loss",
     claim_ratio: float = 0.5,
     paper: str = "",
+    extra_metrics: Sequence[str] = (),
 ) -> str:
     """Steps and wall-clock each arm needs to reach the reference arm's final ``metric``.
 
@@ -198,6 +225,8 @@ def steps_to_target(
         metric: The validation metric (lower is better).
         claim_ratio: The paper's claimed steps ratio (0.5 = "2x fewer steps").
         paper: The paper's claim, quoted in the README.
+        extra_metrics: Further final metrics to report per arm at its best setting (e.g.
+            ``sophia/win_rate``); an arm that did not log one shows ``n/a``.
 
     Returns:
         The Markdown written.
@@ -269,8 +298,20 @@ def steps_to_target(
     plot_curves(
         curves, experiment_dir / "results.png", metric, f"{experiment_dir.name}: {metric}, best setting per arm"
     )
-    body = _header(command, sweep_dir, records, tiny, paper) + ["", *table, "", "Verdict:", "", *verdicts]
-    body += ["", "![validation loss per arm and seed](results.png)"]
+    body = _header(command, sweep_dir, records, tiny, paper) + ["", *table, ""]
+    body += [*grid_table(groups, metric, order), ""]
+    if extra_metrics:
+        body += [
+            "| arm | " + " | ".join(f"final {m}" for m in extra_metrics) + " |",
+            "|---|" + "---|" * len(extra_metrics),
+        ]
+        for arm in order:
+            runs = groups[arm][best[arm]]
+            body.append(
+                f"| {arm} | " + " | ".join(_mean_std([final_value(r, m) for r in runs]) for m in extra_metrics) + " |"
+            )
+        body.append("")
+    body += ["Verdict:", "", *verdicts, "", "![validation loss per arm and seed](results.png)"]
     text = "\n".join(body)
     replace_block(experiment_dir / "README.md", text)
     (experiment_dir / "results.json").write_text(json.dumps({"command": command, **summary}, indent=2) + "\n")
