@@ -62,3 +62,23 @@ def test_report_picks_the_fastest_setting_and_judges_the_claim() -> None:
     assert "reproduced**: SOAP needs 0.39x" in text
     study["grid"]["soap"][0.1] = [800.0, 850.0, 900.0]
     assert "not reproduced" in report(study, "cmd")
+
+
+@pytest.mark.parametrize("name", ["SophiaG", "SophiaH", "SOAP", "Shampoo"])
+def test_step_evaluates_the_closure_with_gradients_enabled(name: str) -> None:
+    import keel.core.optim as optim
+
+    weight = torch.nn.Parameter(torch.ones(3, 2))
+    optimizer = getattr(optim, name)([weight], lr=0.1)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = (weight**2).sum()
+        loss.backward()  # fails if step() left the closure under no_grad
+        return loss
+
+    with torch.no_grad():
+        for _ in range(2):  # SOAP's and Shampoo's first step only builds their preconditioners
+            loss = optimizer.step(closure)
+    assert float(loss) > 0
+    assert not torch.equal(weight.detach(), torch.ones(3, 2))

@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from keel.core.optim._closure import evaluate_closure
+
 Factors = list[torch.Tensor | None]
 
 # Added to every factor before the first eigendecomposition, as in the official code: it keeps an
@@ -268,10 +270,7 @@ class SOAP(Optimizer):
         Returns:
             The closure's loss, or ``None``.
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         if not self.state:
             self._warn_if_nothing_is_preconditioned()
         for group in self.param_groups:

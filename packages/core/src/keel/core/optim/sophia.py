@@ -35,6 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.optim import Optimizer
 
+from keel.core.optim._closure import evaluate_closure
+
 # Added to SophiaG's denominator so that h == 0 gives a finite (and therefore clipped) ratio;
 # the official code uses the same constant.
 _GNB_EPS = 1e-15
@@ -175,10 +177,7 @@ class _Sophia(Optimizer):
         Returns:
             The closure's loss, or ``None``.
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             scale = self._scale(group, bs)
             # Kept in the group, not on the optimizer: wrappers such as DeepSpeed's ZeRO step one
@@ -371,10 +370,7 @@ class SophiaG(_Sophia):
         """
         if not self._folding:
             return super().step(closure, bs)
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         self.update_hessian()
         return loss
 
