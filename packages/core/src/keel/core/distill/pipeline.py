@@ -131,6 +131,7 @@ class DistillRetrievalDataModule(L.LightningDataModule):
         self.text = text
         self.plan = stage_plan(steps)
         self.distills = any(name != "finetune" for name, _ in self.plan)
+        self._described = False
         if self.distills and text is None:
             raise ConfigError("data: the plan has distillation steps but no text: data module")
 
@@ -142,6 +143,25 @@ class DistillRetrievalDataModule(L.LightningDataModule):
             held_out = set(split.headwords("val")) | set(split.headwords("test"))
             self.text.exclude_words = frozenset(self.text.exclude_words | held_out)
             self.text.setup(stage)
+        if not self._described:
+            self._described = True
+            print(self.describe(), flush=True)
+
+    def describe(self) -> str:
+        """One line with the sizes of the task's splits and of the distillation text (printed at setup)."""
+        split = self.task.split()
+        parts = [
+            f"{name} {len(split.headwords(name)):,} headwords / {len(getattr(split, name)):,} pairs"
+            for name in ("train", "val", "test")
+        ]
+        text = f"test definitions {len({p.definition for p in split.test}):,}"
+        if self.distills and self.text is not None and self.text.corpus is not None:
+            corpus = self.text.corpus
+            kept = len(corpus.train) + len(corpus.val)
+            text += (
+                f"; distillation sentences {kept:,} used, {corpus.dropped:,} dropped for containing a held-out headword"
+            )
+        return "data: " + ", ".join(parts) + "; " + text
 
     def train_dataloader(self) -> StagedLoader:
         """The plan's batches, stage after stage."""
