@@ -56,6 +56,14 @@ def best_setting(settings: dict[str, list[RunRecord]], metric: str, mode: str = 
     return min(settings, key=lambda key: score(settings[key]))
 
 
+def mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation of the finite ``values`` (sd 0 for one value, NaNs for none)."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return math.nan, math.nan
+    return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
+
+
 def _mean_std(values: list[float]) -> str:
     finite = [v for v in values if math.isfinite(v)]
     if not finite:

@@ -221,3 +221,34 @@ def run(spec: str, overrides: list[str] | None = None, tiny: bool = False, **tra
     """
     run_dir, cfg = resolve_run(spec, overrides or [], tiny)
     return fit(cfg, run_dir, **trainer_overrides)
+
+
+def load_trained(run_dir: str | Path, checkpoint: str = "last") -> Any:
+    """Rebuild a finished run's LightningModule from its ``resolved.yaml`` and load its weights.
+
+    Analyses use it to evaluate trained models (sampling, retrieval) after a sweep. Only the model is
+    built; the data and the trainer are not.
+
+    Args:
+        run_dir: The run directory (``runs/<area>/<method>/<timestamp>``).
+        checkpoint: ``last`` or a file name under ``checkpoints/`` (``best`` picks the monitored best).
+
+    Raises:
+        ConfigError: The folder holds no ``resolved.yaml``.
+        CheckpointError: The checkpoint is missing or unreadable.
+    """
+    from keel.core.checkpoint import load_checkpoint
+    from keel.core.instantiate import instantiate
+
+    run_dir = Path(run_dir)
+    cfg = _read_resolved(run_dir)
+    folder = run_dir / "checkpoints"
+    if checkpoint == "best":
+        candidates = sorted(p for p in folder.glob("*.ckpt") if p.name != "last.ckpt")
+        path = candidates[-1] if candidates else folder / "last.ckpt"
+    else:
+        path = folder / (checkpoint if checkpoint.endswith(".ckpt") else f"{checkpoint}.ckpt")
+    state = load_checkpoint(path)
+    module = instantiate(cfg.model)
+    module.load_state_dict(state["state_dict"])
+    return module.eval()

@@ -11,21 +11,13 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from keel.core.analysis import by_arm_and_setting, final_value
+from keel.core.analysis import by_arm_and_setting, final_value, mean_sd
 from keel.core.report import replace_block
 from keel.core.sweep import RunRecord
-
-
-def _stats(values: Sequence[float]) -> tuple[float, float]:
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
-        return math.nan, math.nan
-    return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
 
 
 def _show(mean: float, std: float, percent: bool = False) -> str:
@@ -132,7 +124,7 @@ def retention_table(
         raise ValueError(f"teacher arm '{teacher_arm}' is not in the sweep")
     runs = {arm: [r for setting in settings.values() for r in setting] for arm, settings in groups.items()}
     order = [teacher_arm, *[a for a in runs if a != teacher_arm]]
-    teacher_score, _ = _stats([final_value(r, f"test/{metric}") for r in runs[teacher_arm]])
+    teacher_score, _ = mean_sd([final_value(r, f"test/{metric}") for r in runs[teacher_arm]])
     summary: dict[str, Any] = {"metric": f"test/{metric}", "teacher_arm": teacher_arm, "teacher_score": teacher_score}
     summary["arms"] = {}
     header = ["arm", "seeds", *[f"test {m}" for m in metrics], f"zero-shot {metric}", f"{metric} retained"]
@@ -145,15 +137,15 @@ def retention_table(
         cells = [arm, str(len(scores))]
         for name in metrics:
             values = [final_value(r, f"test/{name}") for r in runs[arm]]
-            mean, std = _stats(values)
+            mean, std = mean_sd(values)
             entry[name] = {"mean": mean, "std": std, "per_seed": values}
             cells.append(_show(mean, std))
         for key, values in (("finetuned", scores), ("zero_shot", zero), ("retained", retained)):
-            mean, std = _stats(values)
+            mean, std = mean_sd(values)
             entry[key] = {"mean": mean, "std": std, "seeds": values}
         cells += [
-            _show(*_stats(zero)),
-            "100% (reference)" if arm == teacher_arm else _show(*_stats(retained), percent=True),
+            _show(*mean_sd(zero)),
+            "100% (reference)" if arm == teacher_arm else _show(*mean_sd(retained), percent=True),
         ]
         summary["arms"][arm] = entry
         lines.append("| " + " | ".join(cells) + " |")

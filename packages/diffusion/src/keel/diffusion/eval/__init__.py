@@ -1,0 +1,1 @@
+"""Evaluation of generated images and videos without downloaded feature networks."""

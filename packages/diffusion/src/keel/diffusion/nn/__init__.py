@@ -1,0 +1,1 @@
+"""Plain torch networks (no Lightning) shared by the diffusion methods."""
