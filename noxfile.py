@@ -32,7 +32,7 @@ PYTHON = "3.11"
 CONSTRAINTS = ("-c", "constraints.txt")
 KEEL_PREFIX = "keel-"
 # Debian packages whose files some tests read as real offline corpora; those tests skip without them.
-DEBIAN_DATA_PACKAGES = ("dict-gcide", "wordnet-base", "python3.11-doc")
+DEBIAN_DATA_PACKAGES = ("dict-gcide", "wordnet-base", "python3.11-doc", "manpages", "manpages-dev")
 BENCH_RESULTS = "benchmarks-results"
 # Baselines the current benchmarks compare against. A benchmark may instead declare its own
 # requirements in a PEP 723 block (``# /// script`` ... ``dependencies = [...]``), which bench installs.

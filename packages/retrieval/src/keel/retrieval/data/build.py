@@ -1,0 +1,112 @@
+"""What every corpus builder shares: stable split assignment, chunking, writing and the summary line."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from keel.core.errors import ConfigError
+from keel.retrieval.data.beir import SPLITS, Passage, Qrels, Query, write_beir
+
+# bump when a builder's output for the same input changes, so manifests tell old folders apart
+BUILD_FORMAT = 1
+
+
+def check_fractions(dev_fraction: float, test_fraction: float) -> None:
+    """Raise a ConfigError unless both fractions are in [0, 1) and leave some training data."""
+    if not (0 <= dev_fraction < 1 and 0 <= test_fraction < 1 and dev_fraction + test_fraction < 1):
+        raise ConfigError(f"dev_fraction={dev_fraction} and test_fraction={test_fraction} must be >= 0 and sum to < 1")
+
+
+def assign_split(group: str, seed: int, dev_fraction: float, test_fraction: float) -> str:
+    """The split of a group (a page, a module, ...) from a seeded hash of its name.
+
+    A group's split depends only on its name, the seed and the fractions, so it does not move when
+    other groups are added or removed (a new Debian release of the data keeps old test pages in test).
+    """
+    digest = hashlib.blake2b(f"keel-retrieval:{seed}:{group}".encode(), digest_size=8).digest()
+    u = int.from_bytes(digest, "big") / 2**64
+    if u < test_fraction:
+        return "test"
+    if u < test_fraction + dev_fraction:
+        return "dev"
+    return "train"
+
+
+def chunk_paragraphs(paragraphs: Iterable[str], max_words: int) -> Iterator[str]:
+    """Join consecutive paragraphs into chunks of at most ``max_words`` words.
+
+    A paragraph longer than ``max_words`` is cut into pieces of ``max_words`` words (its line breaks
+    are kept inside each piece, so code stays readable).
+    """
+    current: list[str] = []
+    size = 0
+    for paragraph in paragraphs:
+        paragraph = paragraph.strip()
+        if not paragraph:
+            continue
+        words = len(paragraph.split())
+        if current and size + words > max_words:
+            yield "\n".join(current)
+            current, size = [], 0
+        if words > max_words:
+            tokens = re.split(r"(\s+)", paragraph)  # words and the whitespace between them
+            piece: list[str] = []
+            count = 0
+            for token in tokens:
+                if token.strip():
+                    if count == max_words:
+                        yield "".join(piece).strip()
+                        piece, count = [], 0
+                    count += 1
+                piece.append(token)
+            current, size = ["".join(piece).strip()], count
+            continue
+        current.append(paragraph)
+        size += words
+    if current:
+        yield "\n".join(current)
+
+
+def write_corpus_folder(
+    out: str | os.PathLike[str],
+    name: str,
+    corpus: list[Passage],
+    queries: list[Query],
+    qrels: Mapping[str, Qrels],
+    settings: Mapping[str, Any],
+    extra_counts: Mapping[str, int] | None = None,
+) -> Path:
+    """Write a built corpus as a BEIR folder with its manifest, and print the one-line ``data:`` summary.
+
+    Args:
+        out: The folder.
+        name: The builder's name (``wordnet``, ``pydoc``, ...).
+        corpus: The passages.
+        queries: The queries of every split (only those with qrels are written).
+        qrels: ``train``, ``dev`` and ``test`` judgements.
+        settings: The builder's arguments (recorded in the manifest).
+        extra_counts: Builder-specific counts for the manifest and the summary (pages, links ...).
+    """
+    judged = {qid for split in qrels.values() for qid in split}
+    queries = [q for q in queries if q.id in judged]
+    counts = {
+        "passages": len(corpus),
+        "queries": {split: len(qrels.get(split, {})) for split in SPLITS},
+        "qrels": {split: sum(len(j) for j in qrels.get(split, {}).values()) for split in SPLITS},
+        **(extra_counts or {}),
+    }
+    manifest = {"builder": name, "format": BUILD_FORMAT, "settings": dict(settings), "counts": counts}
+    root = write_beir(out, corpus, queries, {split: qrels.get(split, {}) for split in SPLITS}, manifest)
+    q, r = counts["queries"], counts["qrels"]
+    extra = "".join(f", {k} {v:,}" for k, v in (extra_counts or {}).items())
+    print(
+        f"data: {name} -> {root}: {len(corpus):,} passages, queries train/dev/test "
+        f"{q['train']:,}/{q['dev']:,}/{q['test']:,}, qrels {r['train']:,}/{r['dev']:,}/{r['test']:,}{extra}",
+        flush=True,
+    )
+    return root

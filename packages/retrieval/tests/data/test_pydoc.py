@@ -1,0 +1,112 @@
+"""The Python-documentation corpus: page structure, summary and FAQ queries, leak-free passages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from keel.core.data.corpora import SourceUnavailable
+from keel.core.errors import ConfigError
+from keel.retrieval.data import build_pydoc, parse_page, read_beir
+
+LIBRARY_PAGE = """<html><body><div class="sphinxsidebar">Navigation that is not content</div>
+<div class="body" role="main">
+<section id="module-shelf">
+<h1>shelf — Keep things<a class="headerlink" href="#module-shelf">¶</a></h1>
+<p>This module keeps
+things on a shelf.</p>
+<dl class="py function">
+<dt class="sig sig-object py" id="shelf.put"><span>shelf.put</span>(<em>item</em>)
+<a class="headerlink" href="#x">¶</a></dt>
+<dd><p>Put an item on the shelf for later use. The item must be hashable.</p>
+<div class="highlight"><pre>put(1)
+put(2)</pre></div>
+</dd></dl>
+<dl class="py class">
+<dt class="sig sig-object py" id="shelf.Shelf"><em>class </em>shelf.Shelf</dt>
+<dd><p>A wooden shelf that holds many items.</p>
+<dl class="py method">
+<dt class="sig sig-object py" id="shelf.Shelf.clear">clear()</dt>
+<dd><p>Remove every item from the shelf at once.</p></dd></dl>
+</dd></dl>
+<section id="notes"><h2>Notes</h2><p>Shelves are not thread safe.</p></section>
+</section>
+</div></body></html>"""
+
+FAQ_PAGE = """<html><body><div role="main"><section id="general-faq"><h1>General FAQ</h1>
+<section id="why-is-it-slow"><h2>Why is the shelf so slow to fill?</h2>
+<p>Because every item is checked twice before it is stored on it.</p></section>
+<section id="history"><h2>History of shelves</h2><p>Shelves are old.</p></section>
+</section></div></body></html>"""
+
+
+def test_parse_page_structure() -> None:
+    page = parse_page(LIBRARY_PAGE, "library/shelf")
+    assert page.title == "shelf — Keep things"
+    assert [(s.id, s.heading) for s in page.sections] == [("module-shelf", page.title), ("notes", "Notes")]
+    assert page.sections[0].paragraphs == ["This module keeps things on a shelf."]
+    assert page.sections[1].paragraphs == ["Shelves are not thread safe."]
+    put, shelf, clear = page.entries
+    assert (put.kind, put.id, put.signature) == ("function", "shelf.put", "shelf.put(item)")
+    assert put.paragraphs == ["Put an item on the shelf for later use. The item must be hashable.", "put(1)\nput(2)"]
+    assert shelf.paragraphs == ["A wooden shelf that holds many items."], "nested entries are their own passages"
+    assert (clear.id, clear.paragraphs) == ("shelf.Shelf.clear", ["Remove every item from the shelf at once."])
+
+
+def docs_folder(root: Path) -> Path:
+    (root / "library").mkdir(parents=True)
+    (root / "faq").mkdir()
+    (root / "whatsnew").mkdir()
+    (root / "index.html").write_text("<html><div role='main'><section id='i'><h1>Index</h1></section></div></html>")
+    (root / "library" / "shelf.html").write_text(LIBRARY_PAGE)
+    (root / "faq" / "general.html").write_text(FAQ_PAGE)
+    (root / "whatsnew" / "3.11.html").write_text(LIBRARY_PAGE.replace("shelf", "newshelf"))
+    (root / "genindex.html").write_text(LIBRARY_PAGE.replace("shelf", "indexshelf"))
+    return root
+
+
+def test_build_queries_and_passages(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = build_pydoc(tmp_path / "beir", docs_dir=str(docs_folder(tmp_path / "docs")), dev_fraction=0, test_fraction=0)
+    assert capsys.readouterr().out.startswith("data: pydoc -> ")
+    data = read_beir(out)
+    assert not any("newshelf" in pid or "indexshelf" in pid for pid in data.corpus), "release notes and indexes"
+    by_text = {q.text: (q.kind, data.qrels["train"][qid]) for qid, q in data.queries.items()}
+    assert by_text == {
+        "Put an item on the shelf for later use.": ("summary", {"library/shelf#shelf.put": 1}),
+        "A wooden shelf that holds many items.": ("summary", {"library/shelf#shelf.Shelf": 1}),
+        "Remove every item from the shelf at once.": ("summary", {"library/shelf#shelf.Shelf.clear": 1}),
+        "Why is the shelf so slow to fill?": ("faq", {"faq/general#why-is-it-slow:0": 1}),
+    }
+    put = data.corpus["library/shelf#shelf.put"]
+    assert (put.title, put.text) == ("shelf.put", "shelf.put(item)\nThe item must be hashable.\nput(1)\nput(2)")
+    answer = data.corpus["faq/general#why-is-it-slow:0"]
+    assert answer.text == "Because every item is checked twice before it is stored on it."
+    assert answer.title == "General FAQ", "the question (the heading) is not in its answer"
+    for qid, query in data.queries.items():
+        for pid in data.qrels["train"][qid]:
+            assert query.text not in data.corpus[pid].full_text, "a query is never a substring of its passage"
+
+
+def test_splits_by_page_and_options(tmp_path: Path) -> None:
+    docs = docs_folder(tmp_path / "docs")
+    out = build_pydoc(
+        tmp_path / "beir", docs_dir=str(docs), query_kinds=("summary",), dev_fraction=0, test_fraction=0.99
+    )
+    data = read_beir(out)
+    assert len(data.qrels["test"]) == 3, "one page: all its queries in one split"
+    assert not data.qrels["train"]
+    with pytest.raises(ConfigError, match="query kinds"):
+        build_pydoc(tmp_path / "x", docs_dir=str(docs), query_kinds=("headings",))
+    with pytest.raises(SourceUnavailable, match="python3.11-doc"):
+        build_pydoc(tmp_path / "x", docs_dir=str(tmp_path / "missing"))
+
+
+@pytest.mark.skipif(
+    not Path("/usr/share/doc/python3.11/html/library/os.path.html").is_file(), reason="needs python3.11-doc"
+)
+def test_real_page() -> None:
+    page = parse_page(Path("/usr/share/doc/python3.11/html/library/os.path.html").read_text(), "library/os.path")
+    entries = {e.id: e for e in page.entries}
+    assert entries["os.path.abspath"].signature == "os.path.abspath(path)"
+    assert entries["os.path.abspath"].paragraphs[0].startswith("Return a normalized absolutized version")
