@@ -160,6 +160,11 @@ def test_real_minilm_teacher_and_a_three_layer_student() -> None:
     assert student.config.num_hidden_layers == 3
     assert student.config.hidden_size == 384
     assert not torch.equal(student.embeddings.word_embeddings.weight, teacher.embeddings.word_embeddings.weight)
+    # the unused pooler head is gone, so every trainable parameter gets a gradient (what DDP needs)
+    assert teacher.pooler is None
+    assert student.pooler is None
+    student(input_ids=torch.tensor([[101, 7592, 102]])).last_hidden_state.sum().backward()
+    assert all(p.grad is not None for p in student.parameters())
     module = DistillationModule(student, teacher, lambda p: torch.optim.AdamW(p, lr=1e-4))
     inputs = {"input_ids": torch.tensor([[101, 7592, 2088, 102, 0]]), "attention_mask": torch.tensor([[1, 1, 1, 1, 0]])}
     terms = module.losses(inputs)

@@ -41,9 +41,22 @@ def pretrained(path: str, kind: str = "auto") -> nn.Module:
     folder = resolve_model_path(path)
     loader = AutoModelForMaskedLM if kind == "masked-lm" else AutoModel
     try:
-        return loader.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+        model = loader.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except OSError as err:
         raise CheckpointError(f"cannot load a model from {folder}: {' '.join(str(err).split())[:200]}") from err
+    return without_pooler(model)
+
+
+def without_pooler(model: nn.Module) -> nn.Module:
+    """Drop a BERT-style pooler head (a tanh layer over [CLS]) that keel's mean-pooled encoders never use.
+
+    An unused trained layer gets no gradient, and under DistributedDataParallel a parameter without a
+    gradient stalls or silently skips the gradient reduction of its bucket. Models without a pooler
+    are returned unchanged.
+    """
+    if isinstance(getattr(model, "pooler", None), nn.Module):
+        model.pooler = None
+    return model
 
 
 def resolve_model_path(path: str) -> Path:
@@ -76,7 +89,7 @@ def student_from(teacher_path: str, **overrides: Any) -> nn.Module:
         setattr(config, key, value)
     if "hidden_size" in overrides and "intermediate_size" not in overrides and hasattr(config, "intermediate_size"):
         config.intermediate_size = 4 * config.hidden_size
-    return AutoModel.from_config(config)
+    return without_pooler(AutoModel.from_config(config))
 
 
 def distillation_losses(
