@@ -43,6 +43,10 @@ class BiEncoderModule(L.LightningModule):
             negatives per query); ``False`` keeps the negatives local.
     """
 
+    #: Constructor arguments kept out of the saved hyperparameters (modules and factories); a
+    #: subclass with more of them extends it.
+    hparams_ignore: tuple[str, ...] = ("model", "optimizer", "scheduler")
+
     def __init__(
         self,
         model: BiEncoder,
@@ -51,7 +55,7 @@ class BiEncoderModule(L.LightningModule):
         gather_across_devices: bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=list(self.hparams_ignore))
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler

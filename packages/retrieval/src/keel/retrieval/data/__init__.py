@@ -35,7 +35,7 @@ from keel.retrieval.data.beir import (
     write_beir,
     write_training_pairs,
 )
-from keel.retrieval.data.build import assign_split, chunk_paragraphs
+from keel.retrieval.data.build import CORPORA, assign_split, build_corpus, chunk_paragraphs
 from keel.retrieval.data.datamodule import GroupCollator, GroupDataset, RetrievalDataModule, text_table
 from keel.retrieval.data.definitions import build_definitions, gcide_definition_pairs, webster_senses
 from keel.retrieval.data.manpages import build_manpages, read_pages
@@ -43,6 +43,7 @@ from keel.retrieval.data.pydoc import build_pydoc, parse_page
 from keel.retrieval.data.troff import parse_man
 
 __all__ = [
+    "CORPORA",
     "MANIFEST",
     "QRELS_HEADER",
     "SPLITS",
@@ -58,6 +59,7 @@ __all__ = [
     "TrainingPair",
     "add_hard_negatives",
     "assign_split",
+    "build_corpus",
     "build_definitions",
     "build_manpages",
     "build_pydoc",

@@ -17,8 +17,8 @@ Training pairs (one JSON object per line)::
 
 ``negatives`` are hard negatives (e.g. BM25's top passages that are not relevant); ``query_id`` is
 optional. :func:`pairs_from_qrels` turns a split's qrels into pairs; a *pair builder* (any
-callable ``BeirData -> Iterable[(query text, passage id)]``, such as the self-supervised tasks of a
-method folder) makes pairs from the corpus alone.
+callable ``BeirData -> Iterable[(query text, passage id or Passage)]``, such as the self-supervised
+tasks of a method folder) makes pairs from the corpus alone.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -335,14 +335,16 @@ def read_training_pairs(
 
 
 class PairBuilder(Protocol):
-    """Makes (query text, positive passage id) pairs from a BEIR folder.
+    """Makes (query text, positive passage) pairs from a BEIR folder.
 
     Supervised pairs come from qrels (:class:`QrelsPairs`); self-supervised tasks (e.g. inverse cloze
-    or linked-page prediction in a method folder) derive them from the corpus alone.
+    or linked-page prediction in a method folder) derive them from the corpus alone. A positive is
+    the id of a corpus passage, or a new :class:`Passage` the builder made (the inverse cloze task's
+    passage without its query sentence), which joins the training corpus (see :func:`group_pairs`).
     """
 
-    def __call__(self, data: BeirData) -> Iterable[tuple[str, str]]:
-        """Yield ``(query text, passage id)`` pairs."""
+    def __call__(self, data: BeirData) -> Iterable[tuple[str, str | Passage]]:
+        """Yield ``(query text, passage id or new passage)`` pairs."""
         ...
 
 
@@ -361,13 +363,30 @@ class QrelsPairs:
                     yield data.queries[qid].text, pid
 
 
-def group_pairs(pairs: Iterable[tuple[str, str]]) -> list[TrainingPair]:
-    """Group ``(query text, passage id)`` pairs by query text (first-seen order): one pair per query."""
+def group_pairs(
+    pairs: Iterable[tuple[str, str | Passage]], corpus: MutableMapping[str, Passage] | None = None
+) -> list[TrainingPair]:
+    """Group ``(query text, positive)`` pairs by query text (first-seen order): one pair per query.
+
+    Args:
+        pairs: Positives are passage ids, or new :class:`Passage` objects a pair builder made.
+        corpus: Where new passages are added under their ids (needed when there are any).
+
+    Raises:
+        DataError: If a new passage comes without a corpus, or reuses an id with a different text.
+    """
     grouped: dict[str, list[str]] = {}
-    for query, pid in pairs:
+    for query, positive in list(pairs):  # a lazy builder may be reading the corpus that grows here
+        if isinstance(positive, Passage):
+            if corpus is None:
+                raise DataError(f"a pair builder made passage {positive.id!r} but no corpus takes new passages")
+            known = corpus.setdefault(positive.id, positive)
+            if known != positive:
+                raise DataError(f"a pair builder made passage {positive.id!r}, an id the corpus already uses")
+            positive = positive.id
         positives = grouped.setdefault(query, [])
-        if pid not in positives:
-            positives.append(pid)
+        if positive not in positives:
+            positives.append(positive)
     return [TrainingPair(query, positives) for query, positives in grouped.items()]
 
 

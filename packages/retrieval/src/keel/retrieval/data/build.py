@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -14,6 +15,7 @@ from keel.retrieval.data.beir import SPLITS, Passage, Qrels, Query, write_beir
 
 # bump when a builder's output for the same input changes, so manifests tell old folders apart
 BUILD_FORMAT = 1
+CORPORA = ("wordnet", "gcide", "pydoc", "manpages")
 
 
 def check_fractions(dev_fraction: float, test_fraction: float) -> None:
@@ -110,3 +112,34 @@ def write_corpus_folder(
         flush=True,
     )
     return root
+
+
+def build_corpus(name: str, out: str | os.PathLike[str], **settings: Any) -> Path:
+    """Build one of the offline corpora, as ``keel retrieval build-corpus NAME``.
+
+    Args:
+        name: ``wordnet``, ``gcide``, ``pydoc`` or ``manpages``.
+        out: The folder to write.
+        **settings: Arguments of the corpus's builder (``max_pages=60`` for ``pydoc`` ...); its
+            defaults when none are given.
+
+    Raises:
+        ConfigError: On an unknown name or setting.
+        SourceUnavailable: If the Debian package the corpus is read from is not installed.
+    """
+    # imported here: the builders import this module
+    from keel.retrieval.data.definitions import build_definitions
+    from keel.retrieval.data.manpages import build_manpages
+    from keel.retrieval.data.pydoc import build_pydoc
+
+    builders = {"wordnet": build_definitions, "gcide": build_definitions, "pydoc": build_pydoc,
+                "manpages": build_manpages}  # fmt: skip
+    if name not in builders:
+        raise ConfigError(f"unknown corpus '{name}'; corpora: {', '.join(CORPORA)}")
+    builder = builders[name]
+    unknown = sorted(set(settings) - set(inspect.signature(builder).parameters) | ({"sources"} & set(settings)))
+    if unknown:
+        raise ConfigError(f"the {name} builder has no setting(s) {unknown}")
+    if builder is build_definitions:
+        return build_definitions(out, [name], **settings)
+    return builder(out, **settings)

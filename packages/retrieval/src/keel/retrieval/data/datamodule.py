@@ -9,9 +9,11 @@ the batch is masked by the loss instead of acting as a negative.
 
 from __future__ import annotations
 
+import json
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -22,6 +24,7 @@ from keel.core.data.sampling import resumable_loader
 from keel.core.distill.data import encode, pad, teacher_tokenizer
 from keel.core.errors import ConfigError, DataError
 from keel.retrieval.data.beir import (
+    MANIFEST,
     BeirData,
     PairBuilder,
     TrainingPair,
@@ -30,6 +33,10 @@ from keel.retrieval.data.beir import (
     read_beir,
     read_training_pairs,
 )
+from keel.retrieval.data.build import CORPORA, build_corpus
+
+#: Builder arguments that say where the source files are, not what is built (manifests omit them).
+SOURCE_SETTINGS = frozenset({"docs_dir", "man_dir", "dpkg_info", "wordnet_dir", "gcide_dir"})
 
 
 @dataclass(frozen=True)
@@ -174,6 +181,11 @@ class RetrievalDataModule(L.LightningDataModule):
         test_split: The qrels split used for testing.
         seed: Seed of the training order and of the negatives drawn.
         num_workers: DataLoader workers.
+        build: A corpus builder (``wordnet``, ``gcide``, ``pydoc``, ``manpages``) that writes
+            ``data_dir`` with its default settings in ``prepare_data`` when the folder is not built
+            yet, so a run on a fresh machine makes its own data (seconds for these corpora).
+        build_settings: Builder arguments that replace its defaults (``{max_pages: 60}`` for a
+            small ``pydoc``); a folder built with other values for them is an error.
     """
 
     def __init__(
@@ -190,10 +202,16 @@ class RetrievalDataModule(L.LightningDataModule):
         test_split: str = "test",
         seed: int = 0,
         num_workers: int = 0,
+        build: str | None = None,
+        build_settings: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if negatives < 0 or batch_size < 1 or eval_batch_size < 1:
             raise ConfigError("negatives must be >= 0, batch sizes >= 1")
+        if build is not None and build not in CORPORA:
+            raise ConfigError(f"build must be one of {', '.join(CORPORA)}, got '{build}'")
+        self.build = build
+        self.build_settings = dict(build_settings or {})
         self.data_dir = data_dir
         self.tokenizer = tokenizer
         self.train_pairs = train_pairs
@@ -214,23 +232,49 @@ class RetrievalDataModule(L.LightningDataModule):
         if isinstance(self.train_pairs, str):
             return read_training_pairs(self.train_pairs, data.corpus)
         if self.train_pairs is not None:
-            pairs = group_pairs(self.train_pairs(data))
+            pairs = group_pairs(self.train_pairs(data), data.corpus)  # a builder's new passages join the corpus
             unknown = next((p for pair in pairs for p in pair.positives if p not in data.corpus), None)
             if unknown is not None:
                 raise DataError(f"the pair builder made a pair with passage id {unknown!r}, not in the corpus")
             return pairs
         return pairs_from_qrels(data, "train")
 
+    def prepare_data(self) -> None:
+        """Build the corpus into ``data_dir`` when ``build`` is set and the folder is not complete.
+
+        Raises:
+            DataError: If the folder holds a corpus made by another builder.
+        """
+        if self.build is None:
+            return
+        manifest = Path(self.data_dir) / MANIFEST
+        if not manifest.is_file():  # written last, so its absence means "not built" or "interrupted"
+            build_corpus(self.build, self.data_dir, **self.build_settings)
+            return
+        recorded = json.loads(manifest.read_text(encoding="utf-8"))
+        made_by = recorded.get("builder")
+        if made_by != self.build:
+            raise DataError(f"{self.data_dir} holds the {made_by} corpus, not {self.build}; pick another data_dir")
+        built_with = recorded.get("settings", {})
+        # JSON has lists where a config may have tuples; where the sources are read from is not recorded
+        differ = {
+            k: v
+            for k, v in self.build_settings.items()
+            if k not in SOURCE_SETTINGS and json.loads(json.dumps(v)) != built_with.get(k)
+        }
+        if differ:
+            raise DataError(f"{self.data_dir} was built with other settings than {differ}; pick another data_dir")
+
     def setup(self, stage: str | None = None) -> None:
         """Read the folder, build the passage table and the groups of every split."""
         if self.data is not None:
             return
         data = read_beir(self.data_dir)
+        train = self._training_pairs(data)  # first: a pair builder may add passages to the corpus
         texts, text_ids = text_table(data)
         self.collate = GroupCollator(
             teacher_tokenizer(self.tokenizer), texts, self.query_max_length, self.passage_max_length
         )
-        train = self._training_pairs(data)
         if not train:
             raise DataError(f"{self.data_dir}: no training pairs")
         self.datasets["train"] = GroupDataset(train, text_ids, len(texts), self.negatives, self.seed)

@@ -26,6 +26,7 @@ The ``whatsnew/`` pages (release notes and the changelog) and index pages are le
 from __future__ import annotations
 
 import gzip
+import hashlib
 import html.parser
 import os
 import re
@@ -208,8 +209,16 @@ def parse_page(markup: str, path: str = "") -> Page:
     return parser.page
 
 
-def documentation_pages(folder: str | os.PathLike[str]) -> Iterator[tuple[str, str]]:
+def documentation_pages(
+    folder: str | os.PathLike[str], max_pages: int | None = None, seed: int = 0
+) -> Iterator[tuple[str, str]]:
     """``(relative path without .html, markup)`` of every content page under ``folder``, sorted.
+
+    Args:
+        folder: Root of the HTML documentation.
+        max_pages: Keep only this many pages, chosen by a seeded hash of their paths (a sample spread
+            over the whole documentation, the same for the same seed); ``None`` keeps every page.
+        seed: Seed of that choice.
 
     Raises:
         SourceUnavailable: If ``folder`` holds no ``index.html``.
@@ -224,10 +233,19 @@ def documentation_pages(folder: str | os.PathLike[str]) -> Iterator[tuple[str, s
         and not _SKIP_PAGES.match(p.name)
         and not any(part.startswith("_") or part in _SKIP_FOLDERS for part in p.relative_to(root).parts[:-1])
     )
+    if max_pages is not None:
+        kept = set(sorted(pages, key=lambda p: _page_rank(p.relative_to(root).as_posix(), seed))[:max_pages])
+        pages = [p for p in pages if p in kept]
     for page in pages:
         opener = gzip.open if page.name.endswith(".gz") else open
         with opener(page, "rt", encoding="utf-8", errors="replace") as handle:
             yield re.sub(r"\.html(\.gz)?$", "", page.relative_to(root).as_posix()), handle.read()
+
+
+def _page_rank(path: str, seed: int) -> int:
+    """A page's place in the seeded sample order (a hash, so it does not move when pages are added)."""
+    digest = hashlib.blake2b(f"keel-retrieval:pages:{seed}:{path}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
 
 
 def first_sentence(paragraph: str) -> tuple[str, str]:
@@ -250,6 +268,7 @@ def build_pydoc(
     test_fraction: float = 0.1,
     max_words: int = 160,
     min_query_words: int = 4,
+    max_pages: int | None = None,
 ) -> Path:
     """Write the Python-documentation retrieval task as a BEIR folder (see the module docstring).
 
@@ -262,15 +281,19 @@ def build_pydoc(
         test_fraction: Share of groups in the test split.
         max_words: Longest section-prose passage in words.
         min_query_words: Shortest query kept.
+        max_pages: Read only this many pages, a seeded sample of the documentation (a small corpus
+            for smoke tests and CPU experiments); ``None`` reads every page.
 
     Raises:
-        ConfigError: On an unknown query kind or bad fractions.
+        ConfigError: On an unknown query kind, bad fractions or ``max_pages`` < 1.
         SourceUnavailable: If the documentation is not installed.
     """
     unknown = [k for k in query_kinds if k not in QUERY_KINDS]
     if unknown or not query_kinds:
         raise ConfigError(f"query kinds must be among {', '.join(QUERY_KINDS)}, got {list(query_kinds)}")
     check_fractions(dev_fraction, test_fraction)
+    if max_pages is not None and max_pages < 1:
+        raise ConfigError(f"max_pages must be >= 1 or None, got {max_pages}")
     corpus: list[Passage] = []
     used_ids: set[str] = set()
     relevant_by_text: dict[str, tuple[str, str, list[str]]] = {}  # query text -> (kind, group, passage ids)
@@ -289,7 +312,7 @@ def build_pydoc(
         if len(text.split()) >= min_query_words and kind in query_kinds:
             relevant_by_text.setdefault(text, (kind, group, []))[2].append(pid)
 
-    for path, markup in documentation_pages(docs_dir):
+    for path, markup in documentation_pages(docs_dir, max_pages, seed):
         page = parse_page(markup, path)
         pages += 1
         title = _clean_title(page.title)
@@ -316,6 +339,7 @@ def build_pydoc(
         "test_fraction": test_fraction,
         "max_words": max_words,
         "min_query_words": min_query_words,
+        "max_pages": max_pages,
     }
     return write_corpus_folder(out, "pydoc", corpus, queries, qrels, settings, {"pages": pages})
 

@@ -1,6 +1,12 @@
 """Plain torch parts of dense retrieval (no Lightning): the bi-encoder and its contrastive loss."""
 
-from keel.retrieval.nn.biencoder import POOLINGS, BiEncoder, biencoder_from_pretrained, pool
+from keel.retrieval.nn.biencoder import (
+    POOLINGS,
+    BiEncoder,
+    biencoder_from_pretrained,
+    biencoder_from_scratch,
+    pool,
+)
 from keel.retrieval.nn.loss import (
     ContrastiveOutput,
     Gather,
@@ -15,6 +21,7 @@ __all__ = [
     "ContrastiveOutput",
     "Gather",
     "biencoder_from_pretrained",
+    "biencoder_from_scratch",
     "contrastive_loss",
     "false_negative_mask",
     "pool",

