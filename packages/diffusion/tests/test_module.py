@@ -154,3 +154,25 @@ def test_fit_logs_losses_and_writes_sample_grids(tmp_path: Path) -> None:
     assert {"train/loss", "val/loss"} <= set(trainer.callback_metrics)
     # the EMA network moved towards the trained one
     assert int(module.ema_updates) == 4
+
+
+def test_ema_keeps_small_updates_when_the_module_runs_in_bf16() -> None:
+    module = tiny_module(ema_decay=0.999).to(torch.bfloat16)
+    start = [p.detach().float().clone() for p in module.ema_net.parameters()]
+    with torch.no_grad():
+        for p in module.net.parameters():
+            p.add_(1.0)
+    module.ema_updates.fill_(10_000)  # past the warm-up: decay 0.999, 0.1% per update
+    for _ in range(50):
+        module.update_ema()
+    moved = 1 - 0.999**50  # about 0.049 of the way to the online weights
+    for ema, old in zip(module.ema_net.parameters(), start, strict=True):
+        assert ema.dtype == torch.bfloat16
+        # a bf16-only average would round every 0.1% step away and never move
+        torch.testing.assert_close(ema.float() - old, torch.full_like(old, moved), atol=0.02, rtol=0)
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    restored = tiny_module(ema_decay=0.999)
+    restored.on_load_checkpoint(checkpoint)
+    for a, b in zip(restored._ema_shadow, module._ema_shadow, strict=True):
+        assert torch.equal(a, b)

@@ -102,6 +102,7 @@ class DiffusionModule(L.LightningModule):
         make_scheduler(sampler, self.noise_scheduler)  # fail at build time on an unknown sampler
         self.cep = cep if cep is not None else ConditionEmbeddingPerturbation(0.0)
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+        self._ema_shadow: list[torch.Tensor] | None = None  # fp32 EMA when the module runs in low precision
         self.losses = nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test")})
 
     # ----------------------------------------------------------------------------------- networks
@@ -126,10 +127,30 @@ class DiffusionModule(L.LightningModule):
         decay = min(self.hparams.ema_decay, (1 + n) / (10 + n))
         ema_params = list(self.ema_net.parameters())
         params = [p.detach() for p in self.net.parameters()]
-        torch._foreach_lerp_(ema_params, params, 1 - decay)
+        if all(p.dtype == torch.float32 for p in ema_params):
+            torch._foreach_lerp_(ema_params, params, 1 - decay)
+        else:
+            # Under bf16 training (DeepSpeed casts the whole module, EMA copy included) an update of
+            # (1 - decay) = 0.1% is below bf16's resolution and would vanish: average in an fp32 shadow
+            # and copy the rounded result into the EMA network.
+            if self._ema_shadow is None:
+                self._ema_shadow = [p.detach().float().clone() for p in ema_params]
+            torch._foreach_lerp_(self._ema_shadow, [p.float() for p in params], 1 - decay)
+            for ema, shadow in zip(ema_params, self._ema_shadow, strict=True):
+                ema.copy_(shadow)
         for ema_buffer, buffer in zip(self.ema_net.buffers(), self.net.buffers(), strict=True):
             ema_buffer.copy_(buffer)
         self.ema_updates += 1
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the fp32 EMA shadow (when there is one), so a resumed bf16 run averages exactly on."""
+        if self._ema_shadow is not None:
+            checkpoint["ema_fp32"] = [t.cpu() for t in self._ema_shadow]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the fp32 EMA shadow saved by :meth:`on_save_checkpoint`."""
+        shadow = checkpoint.get("ema_fp32")
+        self._ema_shadow = [t.to(self.device) for t in shadow] if shadow is not None else None
 
     # ----------------------------------------------------------------------------------- training
     def _condition(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
