@@ -93,6 +93,11 @@ def main(out: str) -> None:
         callbacks=[Recorder(out)],
     )
     trainer.fit(module, train_dataloaders=loader)
+    if torch.distributed.is_initialized():
+        # leave together: a rank that exits while gloo still holds the other's connection aborts
+        # ("terminate called without an active exception")
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
