@@ -101,3 +101,26 @@ def test_export_safetensors_strips_prefix_and_handles_tied_weights(tmp_path: Pat
     assert set(tensors) == {"wte", "lm_head", "other.x"}
     assert torch.equal(tensors["wte"], shared)
     assert torch.equal(tensors["lm_head"], shared)
+
+
+def test_frozen_networks_stay_out_of_the_state_dict() -> None:
+    from torch import nn
+
+    from keel.core.checkpoint import SkipsFrozenWeights
+
+    class WithTeacher(SkipsFrozenWeights, nn.Module):
+        frozen_prefixes = ("teacher.",)
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.student = nn.Linear(2, 2)
+            self.teacher = nn.Linear(2, 2)
+
+    model = WithTeacher()
+    state = model.state_dict()
+    assert set(state) == {"student.weight", "student.bias"}
+    other = WithTeacher()
+    other.load_state_dict(state)  # strict, yet the teacher's keys are not required
+    assert torch.equal(other.student.weight, model.student.weight)
+    with pytest.raises(RuntimeError, match=r"missing \['student.bias'\]"):
+        other.load_state_dict({"student.weight": state["student.weight"]})

@@ -178,3 +178,29 @@ def export_safetensors(checkpoint: Path, out: Path, prefix: str = "model.") -> P
     save_file(tensors, str(temp), metadata=meta)
     os.replace(temp, out)
     return out
+
+
+class SkipsFrozenWeights:
+    """Mixin for a LightningModule holding frozen networks that are rebuilt from their own folders.
+
+    A teacher or a generator loaded from a local model folder is not trained, so writing it into
+    every checkpoint only multiplies the file size. ``state_dict`` leaves out the keys under
+    ``frozen_prefixes``; ``load_state_dict`` does not expect them, and still refuses any other
+    missing or unexpected key when ``strict``. Put it before the LightningModule base class.
+    """
+
+    frozen_prefixes: tuple[str, ...] = ()
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Every entry except those of the frozen networks."""
+        state = super().state_dict(*args, **kwargs)  # type: ignore[misc]
+        return {k: v for k, v in state.items() if not k.startswith(self.frozen_prefixes)}
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """Load the trained weights; the frozen networks' keys are neither expected nor required."""
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)  # type: ignore[misc]
+        if strict:
+            missing = [k for k in result.missing_keys if not k.startswith(self.frozen_prefixes)]
+            if missing or result.unexpected_keys:
+                raise RuntimeError(f"state dict mismatch: missing {missing}, unexpected {result.unexpected_keys}")
+        return result

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from keel.core.checkpoint import SkipsFrozenWeights
 from keel.core.data.sampling import ResumableDataLoader
 from keel.core.distill.data import WordPieceTextDataModule
 from keel.core.distill.module import OBJECTIVES, distillation_losses, width_lift
@@ -218,7 +219,7 @@ def staged_schedule(
     return factor
 
 
-class DistillThenRetrieve(L.LightningModule):
+class DistillThenRetrieve(SkipsFrozenWeights, L.LightningModule):
     """Distil a student (optionally through a teacher assistant), then fine-tune it for retrieval.
 
     One optimizer holds every trained parameter (DeepSpeed supports one), in a parameter group per
@@ -240,6 +241,8 @@ class DistillThenRetrieve(L.LightningModule):
         warmup_fraction: Share of each stage's steps spent warming the learning rate up.
         zero_shot: Evaluate on the test split right before fine-tuning.
     """
+
+    frozen_prefixes = ("teacher.",)  # rebuilt from its own folder, never saved
 
     def __init__(
         self,
@@ -430,20 +433,6 @@ class DistillThenRetrieve(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         """Log the test split's MRR@10 and recall@k."""
         self._log_retrieval("test")
-
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """Everything but the frozen teacher, which is loaded from its folder."""
-        state = super().state_dict(*args, **kwargs)
-        return {k: v for k, v in state.items() if not k.startswith("teacher.")}
-
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
-        """Load the trained weights; teacher keys are not expected in the checkpoint."""
-        result = super().load_state_dict(state_dict, strict=False, assign=assign)
-        if strict:
-            missing = [k for k in result.missing_keys if not k.startswith("teacher.")]
-            if missing or result.unexpected_keys:
-                raise RuntimeError(f"state dict mismatch: missing {missing}, unexpected {result.unexpected_keys}")
-        return result
 
 
 def _check_plan(

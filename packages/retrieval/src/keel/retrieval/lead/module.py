@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from keel.core.checkpoint import SkipsFrozenWeights
 from keel.core.errors import ConfigError
 from keel.retrieval.biencoder import BiEncoderModule
 from keel.retrieval.lead.model import (
@@ -50,7 +51,7 @@ LOSS_TERMS = ("contrastive", "final", "layers")
 WEIGHTINGS = ("teacher_loss", "uniform")
 
 
-class LEADModule(BiEncoderModule):
+class LEADModule(SkipsFrozenWeights, BiEncoderModule):
     """Train a student bi-encoder with LEAD's layer-wise distillation from a frozen teacher bi-encoder.
 
     Args:
@@ -67,6 +68,8 @@ class LEADModule(BiEncoderModule):
         scheduler: Optional factory taking the optimizer, stepped every optimizer step.
         gather_across_devices: Score each query against every device's passages.
     """
+
+    frozen_prefixes = ("teacher.",)  # rebuilt from its own folder, never saved
 
     hparams_ignore = (*BiEncoderModule.hparams_ignore, "teacher")
 
@@ -169,17 +172,3 @@ class LEADModule(BiEncoderModule):
             for name, value in (("contrastive", out.loss), ("final_kl", final), ("layer_kl", layered.loss)):
                 self.log(f"train/{name}", value.detach(), on_step=True, on_epoch=False, batch_size=size)
         return ContrastiveOutput(total, out.logits, out.labels, out.false_negatives)
-
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """The student's weights only: the frozen teacher is rebuilt from its folder."""
-        state = super().state_dict(*args, **kwargs)
-        return {k: v for k, v in state.items() if not k.startswith("teacher.")}
-
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
-        """Load the student's weights; teacher keys are not expected in a checkpoint."""
-        result = super().load_state_dict(state_dict, strict=False, assign=assign)
-        if strict:
-            missing = [k for k in result.missing_keys if not k.startswith("teacher.")]
-            if missing or result.unexpected_keys:
-                raise RuntimeError(f"state dict mismatch: missing {missing}, unexpected {result.unexpected_keys}")
-        return result

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from keel.core.checkpoint import SkipsFrozenWeights
 from keel.core.distill.pipeline import staged_schedule
 from keel.core.errors import ConfigError
 from keel.retrieval.biencoder import BiEncoderModule
@@ -47,7 +48,7 @@ from keel.retrieval.master.model import ENCODER_PASS, GENERATOR_TASKS, Bottlenec
 STAGE_KEY = "master_stage"
 
 
-class MasterModule(BiEncoderModule):
+class MasterModule(SkipsFrozenWeights, BiEncoderModule):
     """MASTER pre-training then bi-encoder fine-tuning of one encoder (see the module docstring).
 
     Args:
@@ -68,6 +69,8 @@ class MasterModule(BiEncoderModule):
     Raises:
         ConfigError: If the plan, the tasks, the learning rates and the generator do not agree.
     """
+
+    frozen_prefixes = ("generator.",)  # rebuilt from its own folder, never saved
 
     hparams_ignore = (*BiEncoderModule.hparams_ignore, "generator")
 
@@ -220,17 +223,3 @@ class MasterModule(BiEncoderModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the current stage."""
         self.entered = checkpoint.get(STAGE_KEY)
-
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """Everything but the frozen generator, which is loaded from its own folder."""
-        state = super().state_dict(*args, **kwargs)
-        return {k: v for k, v in state.items() if not k.startswith("generator.")}
-
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
-        """Load the trained weights; generator keys are not expected in the checkpoint."""
-        result = super().load_state_dict(state_dict, strict=False, assign=assign)
-        if strict:
-            missing = [k for k in result.missing_keys if not k.startswith("generator.")]
-            if missing or result.unexpected_keys:
-                raise RuntimeError(f"state dict mismatch: missing {missing}, unexpected {result.unexpected_keys}")
-        return result
