@@ -64,6 +64,20 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
 
 
+def format_mean_sd(mean: float, sd: float, percent: bool = False) -> str:
+    """``0.1234 ± 0.0056`` (or ``12.3% ± 0.6`` with ``percent``); ``n/a`` for a NaN mean."""
+    if math.isnan(mean):
+        return "n/a"
+    if percent:
+        return f"{100 * mean:.1f}% ± {100 * sd:.1f}"
+    return f"{mean:.4f} ± {sd:.4f}"
+
+
+def separated(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Whether every value of ``a`` is above every value of ``b`` (the strictest reading of a few seeds)."""
+    return bool(a) and bool(b) and min(a) > max(b)
+
+
 def _mean_std(values: list[float]) -> str:
     finite = [v for v in values if math.isfinite(v)]
     if not finite:

@@ -15,22 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from keel.core.analysis import by_arm_and_setting, final_value, mean_sd
+from keel.core.analysis import by_arm_and_setting, final_value, format_mean_sd, mean_sd, separated
 from keel.core.report import replace_block
 from keel.core.sweep import RunRecord
-
-
-def _show(mean: float, std: float, percent: bool = False) -> str:
-    if math.isnan(mean):
-        return "n/a"
-    if percent:
-        return f"{100 * mean:.1f}% ± {100 * std:.1f}"
-    return f"{mean:.4f} ± {std:.4f}"
-
-
-def _separated(a: Sequence[float], b: Sequence[float]) -> bool:
-    """Whether every seed of ``a`` beats every seed of ``b`` (the strictest reading of 3 seeds)."""
-    return bool(a) and bool(b) and min(a) > max(b)
 
 
 def plot_retention(summary: dict[str, Any], metric: str, out: Path, title: str) -> Path:
@@ -139,13 +126,13 @@ def retention_table(
             values = [final_value(r, f"test/{name}") for r in runs[arm]]
             mean, std = mean_sd(values)
             entry[name] = {"mean": mean, "std": std, "per_seed": values}
-            cells.append(_show(mean, std))
+            cells.append(format_mean_sd(mean, std))
         for key, values in (("finetuned", scores), ("zero_shot", zero), ("retained", retained)):
             mean, std = mean_sd(values)
             entry[key] = {"mean": mean, "std": std, "seeds": values}
         cells += [
-            _show(*mean_sd(zero)),
-            "100% (reference)" if arm == teacher_arm else _show(*mean_sd(retained), percent=True),
+            format_mean_sd(*mean_sd(zero)),
+            "100% (reference)" if arm == teacher_arm else format_mean_sd(*mean_sd(retained), percent=True),
         ]
         summary["arms"][arm] = entry
         lines.append("| " + " | ".join(cells) + " |")
@@ -201,13 +188,13 @@ def _verdicts(
             mine = arms[arm]["finetuned"]
             gap = mine["mean"] - base["mean"]
             clear = (
-                "every seed above every scratch seed" if _separated(mine["seeds"], base["seeds"]) else "seeds overlap"
+                "every seed above every scratch seed" if separated(mine["seeds"], base["seeds"]) else "seeds overlap"
             )
             verdicts.append(f"- {arm} vs {scratch_arm}: {gap:+.4f} {metric} ({clear}).")
     if len(distilled) == 2:
         first, second = distilled
         gap = arms[first]["finetuned"]["mean"] - arms[second]["finetuned"]["mean"]
         a, b = arms[first]["finetuned"]["seeds"], arms[second]["finetuned"]["seeds"]
-        clear = "separated over seeds" if _separated(a, b) or _separated(b, a) else "seeds overlap"
+        clear = "separated over seeds" if separated(a, b) or separated(b, a) else "seeds overlap"
         verdicts.append(f"- {first} vs {second}: {gap:+.4f} {metric} ({clear}).")
     return verdicts

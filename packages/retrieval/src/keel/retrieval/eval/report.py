@@ -17,18 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from keel.core.analysis import by_arm_and_setting, final_value, mean_sd
+from keel.core.analysis import by_arm_and_setting, final_value, format_mean_sd, mean_sd, separated
 from keel.core.report import replace_block
 from keel.core.sweep import RunRecord
-
-
-def _show(mean: float, std: float) -> str:
-    return "n/a" if math.isnan(mean) else f"{mean:.4f} ± {std:.4f}"
-
-
-def _separated(a: Sequence[float], b: Sequence[float]) -> bool:
-    """Whether every value of ``a`` is above every value of ``b``."""
-    return bool(a) and bool(b) and min(a) > max(b)
 
 
 def compare(name_a: str, a: Sequence[float], name_b: str, b: Sequence[float], metric: str) -> str:
@@ -38,9 +29,9 @@ def compare(name_a: str, a: Sequence[float], name_b: str, b: Sequence[float], me
         return f"- {name_a} vs {name_b}: no result (a run logged no test/{metric})."
     if min(len(a), len(b)) < 2:
         clear = "one seed: no spread to compare with"
-    elif _separated(a, b):
+    elif separated(a, b):
         clear = f"every {name_a} seed above every {name_b} seed"
-    elif _separated(b, a):
+    elif separated(b, a):
         clear = f"every {name_a} seed below every {name_b} seed"
     else:
         clear = "seeds overlap"
@@ -138,12 +129,12 @@ def arm_comparison(
             values = [final_value(r, f"test/{name}") for r in arm_runs]
             mean, std = mean_sd(values)
             entry[name] = {"mean": mean, "std": std, "per_seed": values}
-            cells.append(_show(mean, std))
+            cells.append(format_mean_sd(mean, std))
         for key, values in (("test", scores[arm]), ("zero_shot", zero)):
             mean, std = mean_sd(values)
             entry[key] = {"mean": mean, "std": std, "seeds": values}
         gap = entry["test"]["mean"] - base_mean
-        cells += [_show(*mean_sd(zero)), "(baseline)" if arm == baseline_arm else f"{gap:+.4f}"]
+        cells += [format_mean_sd(*mean_sd(zero)), "(baseline)" if arm == baseline_arm else f"{gap:+.4f}"]
         if reference_arm:
             share = entry["test"]["mean"] / reference_mean if reference_mean else math.nan
             entry["share_of_reference"] = share
