@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from keel.core.errors import DataError
 from keel.diffusion.data.digits import load_digits, split_indices
+from keel.diffusion.data.splits import SplitDataModule
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
@@ -84,7 +84,7 @@ def read_image_folder(
     return to_model_range(np.stack(images), image_size), torch.tensor(labels), classes or [root.name]
 
 
-class ImageDataModule(L.LightningDataModule):
+class ImageDataModule(SplitDataModule):
     """Offline images for diffusion: real MNIST digits, scikit-learn digits, or an image folder.
 
     Args:
@@ -146,28 +146,3 @@ class ImageDataModule(L.LightningDataModule):
         self.splits = {name: LabelledImages(images[i], labels[i]) for name, i in chosen.items()}
         sizes = ", ".join(f"{len(d):,} {name}" for name, d in self.splits.items())
         print(f"data: {hp.source} {sizes} images of {tuple(images.shape[1:])}", flush=True)
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        batch = self.hparams.batch_size if split == "train" else self.hparams.eval_batch_size
-        generator = torch.Generator().manual_seed(self.hparams.seed)
-        return DataLoader(
-            self.splits[split],
-            batch_size=batch,
-            shuffle=shuffle,
-            drop_last=shuffle and len(self.splits[split]) > batch,
-            generator=generator if shuffle else None,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """The shuffled training split."""
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        """The validation split, in order."""
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        """The test split (the Frechet-distance reference), in order."""
-        return self._loader("test", shuffle=False)

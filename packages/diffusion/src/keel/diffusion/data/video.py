@@ -29,16 +29,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from keel.core.errors import ConfigError, DataError
 from keel.diffusion.data.digits import load_digits, split_indices
 from keel.diffusion.data.images import IMAGE_SUFFIXES
+from keel.diffusion.data.splits import SplitDataModule
 
 # What a training example asks of the network (NUWA-XL's Masked Temporal Diffusion masks):
 #   global   - no frame visible, frames at the coarsest spacing (the keyframes of the whole video);
@@ -368,7 +368,7 @@ class LongVideoClips(Dataset):
         }
 
 
-class _LongVideoDataModule(L.LightningDataModule):
+class _LongVideoDataModule(SplitDataModule):
     """Shared loaders of the two long-video DataModules (subclasses fill ``self.videos`` in ``setup``)."""
 
     def __init__(self) -> None:
@@ -400,27 +400,6 @@ class _LongVideoDataModule(L.LightningDataModule):
                 size,
                 hp.seed + 1000 * offset,
             )
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        batch = self.hparams.batch_size if split == "train" else self.hparams.eval_batch_size
-        return DataLoader(
-            self.splits[split],
-            batch_size=batch,
-            shuffle=shuffle,
-            drop_last=shuffle and len(self.splits[split]) > batch,
-            generator=torch.Generator().manual_seed(self.hparams.seed) if shuffle else None,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
 
 
 class MovingDigitsDataModule(_LongVideoDataModule):
