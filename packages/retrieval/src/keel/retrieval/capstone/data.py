@@ -25,9 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
-from keel.core.data.sampling import resumable_loader
 from keel.core.distill.data import encode, pad
 from keel.retrieval.capstone.curriculum import check_curriculum, curriculum_views, rank_by_similarity
 from keel.retrieval.capstone.expansion import PassageQueries, QueryExpander
@@ -178,17 +176,6 @@ class CapstoneDataModule(RetrievalDataModule):
                 flush=True,
             )
 
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training groups with curriculum expansions, sharded over ranks and resumable mid-epoch."""
-        world, rank = 1, 0
-        if self.trainer is not None:
-            world, rank = self.trainer.world_size, self.trainer.global_rank
-        return resumable_loader(
-            self.dataset("train"),
-            self.batch_size,
-            seed=self.seed,
-            num_replicas=world,
-            rank=rank,
-            collate_fn=self.train_collate,
-            num_workers=self.num_workers,
-        )
+    def training_collate(self) -> ExpansionCollator | None:
+        """Training groups get the curriculum's expansions; evaluation keeps the first view."""
+        return self.train_collate

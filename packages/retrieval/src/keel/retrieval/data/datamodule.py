@@ -308,9 +308,13 @@ class RetrievalDataModule(L.LightningDataModule):
             seed=self.seed,
             num_replicas=world,
             rank=rank,
-            collate_fn=self.collate,
+            collate_fn=self.training_collate(),
             num_workers=self.num_workers,
         )
+
+    def training_collate(self) -> Any:
+        """The collate function of training batches (a subclass may tokenise training groups differently)."""
+        return self.collate
 
     def _eval_loader(self, name: str) -> DataLoader:
         return DataLoader(
