@@ -342,6 +342,7 @@ def bench(session: nox.Session) -> None:
             session.error(f"no benchmark matches {' '.join(session.posargs)}")
         session.skip("no benchmarks under packages/*/benchmarks/")
     requirements = sorted({*BENCH_REQUIREMENTS, *(r for s in scripts for r in script_requirements(s))})
+    install_system_packages(session)  # the retrieval benchmark indexes GCIDE's definitions
     install_torch(session)
     install_all(session, *requirements)
     out = ROOT / BENCH_RESULTS

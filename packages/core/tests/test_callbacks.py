@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import io
-import os
 import random
-import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,6 +15,7 @@ import torch
 from keel.core.callbacks import FiniteLossGuard, PlainProgressBar, RNGStateCallback
 from keel.core.errors import NonFiniteLossError
 from keel.core.testing import RunIf
+from keel.core.testing.launch import run_ranks
 
 
 def _draws() -> tuple[float, float, float]:
@@ -73,30 +70,11 @@ RANK_WORKER = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @RunIf(distributed=True, linux=True)
 def test_rng_state_is_gathered_and_restored_per_rank(tmp_path: Path) -> None:
     script = tmp_path / "worker.py"
     script.write_text(RANK_WORKER)
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(tmp_path)],
-            env={**env, "RANK": str(rank), "OMP_NUM_THREADS": "1"},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for rank in range(2)
-    ]
-    for proc in procs:
-        out, _ = proc.communicate(timeout=240)
-        assert proc.returncode == 0, out[-3000:]
+    run_ranks(script, [tmp_path], 2, timeout=240)
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for result in results:
         assert result["ranks"] == 2

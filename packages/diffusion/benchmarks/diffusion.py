@@ -19,12 +19,12 @@ import argparse
 import json
 import os
 import statistics
-import time
 from functools import partial
 from pathlib import Path
 
 import torch
 
+from keel.core.testing.timing import seconds
 from keel.diffusion.module import DiffusionModule
 from keel.diffusion.nn.unet import build_unet
 from keel.diffusion.sampling import make_scheduler, training_scheduler
@@ -40,16 +40,6 @@ def plain_diffusers_loop(unet: torch.nn.Module, scheduler, noise: torch.Tensor, 
     return x
 
 
-def _seconds(fn) -> float:  # type: ignore[no-untyped-def]
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
 def sampling_overhead(device: str, steps: int, repeats: int, batch: int, size: int) -> dict:
     """Median seconds per sampling call of keel and of the plain loop, and their ratio."""
     torch.manual_seed(0)
@@ -62,8 +52,8 @@ def sampling_overhead(device: str, steps: int, repeats: int, batch: int, size: i
     same = torch.allclose(keel_out.to(device), plain_out, atol=1e-4)  # same noise: the same samples
     plain_times, keel_times = [], []
     for _ in range(repeats):
-        plain_times.append(_seconds(lambda: plain_diffusers_loop(unet, scheduler, noise, steps)))
-        keel_times.append(_seconds(lambda: module.sample(batch, sampler="ddim", steps=steps)))
+        plain_times.append(seconds(lambda: plain_diffusers_loop(unet, scheduler, noise, steps)))
+        keel_times.append(seconds(lambda: module.sample(batch, sampler="ddim", steps=steps)))
     plain, keel = statistics.median(plain_times), statistics.median(keel_times)
     return {
         "batch": batch, "image_size": size, "steps": steps, "repeats": repeats,

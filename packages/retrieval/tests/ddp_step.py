@@ -1,9 +1,10 @@
 """One training step of BiEncoderModule, run as a script by test_distributed.py (one process per rank).
 
-Usage: python ddp_step.py OUT_FILE   with WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set
+Usage: python ddp_step.py OUT_DIR   with WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set
 as a launcher (torchrun, SLURM) sets them. Rank r trains on its slice of a fixed global batch of 4
 queries, each with a positive and 2 hard negatives; one process alone trains on all 4. The loss and
-the gradients (after data-parallel averaging) are saved for the test to compare.
+the gradients (after data-parallel averaging) are saved to OUT_DIR/rank{RANK}-of-{WORLD_SIZE}.pt for
+the test to compare.
 """
 
 from __future__ import annotations
@@ -76,8 +77,9 @@ class Recorder(L.Callback):
         torch.save(record, self.out)
 
 
-def main(out: str) -> None:
+def main(out_dir: str) -> None:
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    out = os.path.join(out_dir, f"rank{rank}-of-{world}.pt")
     module = BiEncoderModule(network(), functools.partial(torch.optim.SGD, lr=0.1))
     loader = torch.utils.data.DataLoader([local_batch(rank, world)], batch_size=None)
     trainer = L.Trainer(

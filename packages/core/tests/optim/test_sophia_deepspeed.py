@@ -9,10 +9,6 @@ PyTorch, and the parameters after training must agree.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -20,6 +16,7 @@ import pytest
 import torch
 
 from keel.core.testing import RunIf
+from keel.core.testing.launch import run_ranks
 
 WORKER = textwrap.dedent(
     """
@@ -91,33 +88,13 @@ WORKER = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @RunIf(deepspeed=True, distributed=True, linux=True)
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_zero_refresh_matches_plain_pytorch_on_two_ranks(tmp_path: Path, stage: int) -> None:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     world = 2
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
-    env.update(WORLD_SIZE=str(world), OMP_NUM_THREADS="1")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(tmp_path), str(stage)],
-            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for rank in range(world)
-    ]
-    for proc in procs:
-        out, _ = proc.communicate(timeout=280)
-        assert proc.returncode == 0, out[-3000:]
+    run_ranks(script, [tmp_path, stage], world, env={"DS_ACCELERATOR": "cpu"})
     import json
 
     for rank in range(world):

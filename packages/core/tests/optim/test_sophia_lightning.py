@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 from functools import partial
 from pathlib import Path
@@ -21,6 +17,7 @@ from keel.core.errors import ConfigError
 from keel.core.optim import SophiaG, SophiaH, SophiaHessianCallback
 from keel.core.tasks import CausalLMModule, build_causal_lm
 from keel.core.testing import BoringModule, RandomTokenDataset, RunIf
+from keel.core.testing.launch import run_ranks
 
 
 class Recorder(L.Callback):
@@ -246,34 +243,12 @@ DDP_WORKER = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @RunIf(distributed=True, linux=True)
 def test_ddp_ranks_keep_the_same_hessian(tmp_path: Path) -> None:
     script = tmp_path / "worker.py"
     script.write_text(DDP_WORKER)
-    port = str(_free_port())
-    procs = []
-    for rank in range(2):
-        # LOCAL_RANK in the environment tells Lightning the processes were launched externally.
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2", "NODE_RANK": "0"}
-        env.update({"LOCAL_RANK": str(rank), "RANK": str(rank), "OMP_NUM_THREADS": "1", "CI": "1"})
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(script), str(tmp_path)],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    for proc in procs:
-        out, _ = proc.communicate(timeout=240)
-        assert proc.returncode == 0, out[-3000:]
+    # LOCAL_RANK in the environment tells Lightning the processes were launched externally
+    run_ranks(script, [tmp_path], 2, env={"CI": "1"}, timeout=240)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for name in ("g", "h"):
         first, second = ranks[0][name], ranks[1][name]
