@@ -117,3 +117,29 @@ def test_evaluation_uses_the_moving_average_of_the_weights() -> None:
     assert all(abs(shift - 0.9) < 1e-5 for shift in moved)
     assert int(module.ema_updates) == 1
     assert NuwaXLModule(_network(), functools.partial(torch.optim.SGD, lr=0.1), ema_decay=0.0).ema_network is None
+
+
+class _CleanFrameOracle(nn.Module):
+    """Returns the clean frames it is handed (in training the module passes every frame as condition)."""
+
+    frames, channels, sample_size = 5, 1, 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, sample, timestep, condition_frames, visible, spacing, conditions=None):  # noqa: ANN001, ANN201
+        return self.scale * condition_frames
+
+
+def test_sample_prediction_regresses_the_clean_frames_and_samples_with_the_same_type() -> None:
+    data = _data()
+    data.setup()
+    batch = next(iter(data.val_dataloader()))
+    optimizer = functools.partial(torch.optim.SGD, lr=0.1)
+    clean = NuwaXLModule(_CleanFrameOracle(), optimizer, prediction_type="sample", ema_decay=0.0)
+    noise = NuwaXLModule(_CleanFrameOracle(), optimizer, ema_decay=0.0)
+    assert clean.step(batch, "val").item() < 1e-10, "x0 target: the clean frames are exact"
+    assert noise.step(batch, "val").item() > 0.5, "epsilon target: clean frames are not the noise"
+    assert clean.sampler().config.prediction_type == "sample"
+    assert noise.sampler().config.prediction_type == "epsilon"
