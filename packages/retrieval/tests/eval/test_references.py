@@ -9,7 +9,7 @@ import pytest
 
 from keel.core.sweep import RunRecord
 from keel.retrieval.data import read_beir
-from keel.retrieval.eval.references import arm_comparison_with_references, reference_metrics
+from keel.retrieval.eval.references import arm_comparison_with_references, reference_metrics, reference_verdicts
 
 pytest.importorskip("bm25s")
 pytest.importorskip("ir_measures")
@@ -44,3 +44,12 @@ def test_reference_rows_follow_the_arms_table(tiny_beir: Path, tmp_path: Path) -
     assert readme.index("| method |") < readme.index("| BM25 |")
     saved = json.loads((experiment / "results.json").read_text())
     assert saved["references"]["systems"]["bm25"]["pool_mrr@10"] == 1.0
+    assert "- BM25 still wins: it beats every seed of the best arm, method (pool_mrr@10 0.5500 vs 1.0000" in readme
+
+
+def test_reference_verdicts_say_who_wins_by_seed() -> None:
+    records = [RunRecord("a", {}, s, "", {"metrics": {"test/pool_mrr@10": v}}) for s, v in enumerate([0.4, 0.5])]
+    records += [RunRecord("b", {}, s, "", {"metrics": {"test/pool_mrr@10": v}}) for s, v in enumerate([0.6, 0.7])]
+    lines = reference_verdicts(records, {"bm25": {"pool_mrr@10": 0.55}, "x": {"pool_mrr@10": 0.66}}, "pool_mrr@10")
+    assert lines[0] == "- every seed of the best arm, b, beats BM25 (pool_mrr@10 0.6500 vs 0.5500, +0.1000)."
+    assert lines[1] == "- the best arm, b, and x overlap (pool_mrr@10 0.6500 vs 0.6600, -0.0100)."

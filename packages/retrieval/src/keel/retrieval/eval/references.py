@@ -52,6 +52,33 @@ def reference_metrics(model: str, data: BeirData, split: str = "test") -> dict[s
     return {POOL_METRICS[name]: value for name, value in evaluate_run(pool.qrels[split], run).items()}
 
 
+def reference_verdicts(records: Sequence[RunRecord], scored: dict[str, dict[str, float]], metric: str) -> list[str]:
+    """One line per reference system: does the best trained arm (by its seed mean) beat it on ``metric``?"""
+    by_arm: dict[str, list[float]] = {}
+    for record in records:
+        value = record.summary.get("metrics", {}).get(f"test/{metric}")
+        if value is not None:
+            by_arm.setdefault(record.arm, []).append(float(value))
+    if not by_arm:
+        return []
+    best_arm, values = max(by_arm.items(), key=lambda item: float(np.mean(item[1])))
+    best = float(np.mean(values))
+    lines = []
+    for name, reference in scored.items():
+        if metric not in reference:
+            continue
+        shown = "BM25" if name == "bm25" else ("zero-shot all-MiniLM-L6-v2" if name == MINILM else name)
+        gap = best - reference[metric]
+        if min(values) > reference[metric]:
+            outcome = f"every seed of the best arm, {best_arm}, beats {shown}"
+        elif max(values) < reference[metric]:
+            outcome = f"{shown} still wins: it beats every seed of the best arm, {best_arm}"
+        else:
+            outcome = f"the best arm, {best_arm}, and {shown} overlap"
+        lines.append(f"- {outcome} ({metric} {best:.4f} vs {reference[metric]:.4f}, {gap:+.4f}).")
+    return lines
+
+
 def _lookup(config: dict[str, Any], dotted: str) -> Any:
     node: Any = config
     for part in dotted.split("."):
@@ -110,6 +137,7 @@ def arm_comparison_with_references(
     for name, values in scored.items():
         shown = "BM25" if name == "bm25" else ("all-MiniLM-L6-v2 (zero-shot)" if name == MINILM else name)
         lines.append(f"| {shown} | " + " | ".join(f"{values.get(m, float('nan')):.4f}" for m in metrics) + " |")
+    lines += ["", *reference_verdicts(records, scored, comparison.get("metric", metrics[0]))]
     text = text + "\n" + "\n".join(lines)
     replace_block(experiment_dir / "README.md", text)
     results = experiment_dir / "results.json"
