@@ -121,8 +121,8 @@ def _verdicts(summary: dict[str, Any]) -> list[str]:
             f"- **Frame quality and consistency: not measurable at this scale**: almost no generated frame falls "
             f"inside the real frames' feature manifold (precision {precision:.3f} for the better method), i.e. "
             "the network does not yet draw recognisable digits after this much training. The rows below then "
-            "compare two failures: the classifier gives noise frames one fixed class, so identity consistency "
-            "is trivially high and identity accuracy sits at chance for the planned digits."
+            "compare two failures: identity accuracy near chance (0.1) means the planned digit is not drawn, "
+            "and identity consistency measures how steadily the classifier reads the same wrong class."
         )
     fd_par, fd_ar = par["fd"]["seeds"], ar["fd"]["seeds"]
     if _separated(fd_par, fd_ar):
