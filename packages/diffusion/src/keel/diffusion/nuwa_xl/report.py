@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from keel.core.analysis import mean_sd
+from keel.core.analysis import mean_sd, separated
 from keel.core.report import replace_block
 from keel.core.sweep import RunRecord
 
@@ -57,11 +57,6 @@ def _values(records: Sequence[RunRecord], key: str) -> list[float]:
 def _cell(values: Sequence[float], digits: int) -> str:
     mean, std = mean_sd(values)
     return "n/a" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def _separated(low: Sequence[float], high: Sequence[float]) -> bool:
-    """Every value of ``low`` below every value of ``high`` (the strictest reading of 3 seeds)."""
-    return bool(low) and bool(high) and max(low) < min(high)
 
 
 def plot_costs(summary: dict[str, Any], out: Path, title: str) -> Path:
@@ -125,9 +120,9 @@ def _verdicts(summary: dict[str, Any]) -> list[str]:
             "and identity consistency measures how steadily the classifier reads the same wrong class."
         )
     fd_par, fd_ar = par["fd"]["seeds"], ar["fd"]["seeds"]
-    if _separated(fd_par, fd_ar):
+    if separated(fd_ar, fd_par):  # every NUWA-XL FD below every autoregressive one
         quality = "NUWA-XL's frames are closer to real ones on every seed"
-    elif _separated(fd_ar, fd_par):
+    elif separated(fd_par, fd_ar):
         quality = "autoregressive frames are closer to real ones on every seed"
     else:
         quality = "seeds overlap"
