@@ -143,3 +143,19 @@ def test_sample_prediction_regresses_the_clean_frames_and_samples_with_the_same_
     assert noise.step(batch, "val").item() > 0.5, "epsilon target: clean frames are not the noise"
     assert clean.sampler().config.prediction_type == "sample"
     assert noise.sampler().config.prediction_type == "epsilon"
+
+
+def test_ema_keeps_small_updates_in_bf16_and_saves_its_fp32_shadow() -> None:
+    module = NuwaXLModule(_network(), functools.partial(torch.optim.SGD, lr=0.1), ema_decay=0.999).to(torch.bfloat16)
+    start = [p.detach().float().clone() for p in module.ema_network.parameters()]
+    with torch.no_grad():
+        for p in module.network.parameters():
+            p.add_(1.0)
+    module.ema_updates.fill_(10_000)  # past the warm-up: 0.1% per update, below bf16's resolution near 1
+    for _ in range(50):
+        module.update_ema()
+    for ema, old in zip(module.ema_network.parameters(), start, strict=True):
+        torch.testing.assert_close(ema.float() - old, torch.full_like(old, 1 - 0.999**50), atol=0.02, rtol=0)
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    assert len(checkpoint["ema_fp32"]) == len(start)

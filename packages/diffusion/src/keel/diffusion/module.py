@@ -36,6 +36,7 @@ from torchmetrics import MeanMetric
 
 from keel.core.errors import ConfigError
 from keel.diffusion.cep import ConditionEmbeddingPerturbation
+from keel.diffusion.ema import ema_decay_at, ema_update
 from keel.diffusion.nn.denoiser import ConditionalDenoiser
 from keel.diffusion.sampling import ModelFn, denoise, make_scheduler, training_scheduler, training_target
 
@@ -123,23 +124,8 @@ class DiffusionModule(L.LightningModule):
         """One EMA step with decay ``min(ema_decay, (1 + n) / (10 + n))`` after n previous updates."""
         if self.ema_net is None:
             return
-        n = int(self.ema_updates)
-        decay = min(self.hparams.ema_decay, (1 + n) / (10 + n))
-        ema_params = list(self.ema_net.parameters())
-        params = [p.detach() for p in self.net.parameters()]
-        if all(p.dtype == torch.float32 for p in ema_params):
-            torch._foreach_lerp_(ema_params, params, 1 - decay)
-        else:
-            # Under bf16 training (DeepSpeed casts the whole module, EMA copy included) an update of
-            # (1 - decay) = 0.1% is below bf16's resolution and would vanish: average in an fp32 shadow
-            # and copy the rounded result into the EMA network.
-            if self._ema_shadow is None:
-                self._ema_shadow = [p.detach().float().clone() for p in ema_params]
-            torch._foreach_lerp_(self._ema_shadow, [p.float() for p in params], 1 - decay)
-            for ema, shadow in zip(ema_params, self._ema_shadow, strict=True):
-                ema.copy_(shadow)
-        for ema_buffer, buffer in zip(self.ema_net.buffers(), self.net.buffers(), strict=True):
-            ema_buffer.copy_(buffer)
+        decay = ema_decay_at(int(self.ema_updates), self.hparams.ema_decay)
+        self._ema_shadow = ema_update(self.ema_net, self.net, decay, self._ema_shadow)
         self.ema_updates += 1
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

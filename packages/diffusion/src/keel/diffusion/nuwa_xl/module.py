@@ -34,6 +34,7 @@ from torchmetrics import MeanMetric
 
 from keel.core.errors import NonFiniteLossError
 from keel.diffusion.data.video import TASKS
+from keel.diffusion.ema import ema_decay_at, ema_update
 from keel.diffusion.nuwa_xl.model import MaskedTemporalUNet
 from keel.diffusion.sampling import SCHEDULERS, make_scheduler, training_scheduler, training_target
 
@@ -83,6 +84,7 @@ class NuwaXLModule(L.LightningModule):
         self.network = network
         self.ema_network = copy.deepcopy(network).requires_grad_(False) if ema_decay > 0 else None
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+        self._ema_shadow: list[torch.Tensor] | None = None  # fp32 EMA when the module runs in bf16
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.evaluation = evaluation
@@ -102,12 +104,19 @@ class NuwaXLModule(L.LightningModule):
         """One EMA step with decay ``min(ema_decay, (1 + n) / (10 + n))`` after n earlier updates."""
         if self.ema_network is None:
             return
-        n = int(self.ema_updates)
-        decay = min(self.hparams.ema_decay, (1 + n) / (10 + n))
-        torch._foreach_lerp_(
-            list(self.ema_network.parameters()), [p.detach() for p in self.network.parameters()], 1 - decay
-        )
+        decay = ema_decay_at(int(self.ema_updates), self.hparams.ema_decay)
+        self._ema_shadow = ema_update(self.ema_network, self.network, decay, self._ema_shadow)
         self.ema_updates += 1
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the fp32 EMA shadow (bf16 training), so a resumed run averages on exactly."""
+        if self._ema_shadow is not None:
+            checkpoint["ema_fp32"] = [t.cpu() for t in self._ema_shadow]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the fp32 EMA shadow saved by :meth:`on_save_checkpoint`."""
+        shadow = checkpoint.get("ema_fp32")
+        self._ema_shadow = [t.to(self.device) for t in shadow] if shadow is not None else None
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Update the EMA weights after every training batch."""
