@@ -7,6 +7,8 @@ with :func:`ema_update` after every optimizer step.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -43,3 +45,23 @@ def ema_update(
     for ema_buffer, buffer in zip(ema_net.buffers(), net.buffers(), strict=True):
         ema_buffer.copy_(buffer)
     return shadow
+
+
+class SavesEMAShadow:
+    """LightningModule mixin: the fp32 EMA shadow ``self._ema_shadow`` travels with the checkpoint.
+
+    Without it a resumed bf16 run would restart its average from the bf16-rounded EMA weights.
+    """
+
+    _ema_shadow: list[torch.Tensor] | None
+    device: torch.device
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the fp32 EMA shadow (when there is one) as ``checkpoint["ema_fp32"]``."""
+        if self._ema_shadow is not None:
+            checkpoint["ema_fp32"] = [t.cpu() for t in self._ema_shadow]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the fp32 EMA shadow saved by :meth:`on_save_checkpoint`."""
+        shadow = checkpoint.get("ema_fp32")
+        self._ema_shadow = [t.to(self.device) for t in shadow] if shadow is not None else None

@@ -36,7 +36,7 @@ from torchmetrics import MeanMetric
 
 from keel.core.errors import ConfigError
 from keel.diffusion.cep import ConditionEmbeddingPerturbation
-from keel.diffusion.ema import ema_decay_at, ema_update
+from keel.diffusion.ema import SavesEMAShadow, ema_decay_at, ema_update
 from keel.diffusion.nn.denoiser import ConditionalDenoiser
 from keel.diffusion.sampling import ModelFn, denoise, make_scheduler, training_scheduler, training_target
 
@@ -51,7 +51,7 @@ def image_grid(images: torch.Tensor, rows: int | None = None) -> torch.Tensor:
     return canvas.view(rows, cols, c, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, cols * w, c)
 
 
-class DiffusionModule(L.LightningModule):
+class DiffusionModule(SavesEMAShadow, L.LightningModule):
     """Trains and samples a (conditional) image diffusion model on ``{"image", "label"}`` batches.
 
     Args:
@@ -127,16 +127,6 @@ class DiffusionModule(L.LightningModule):
         decay = ema_decay_at(int(self.ema_updates), self.hparams.ema_decay)
         self._ema_shadow = ema_update(self.ema_net, self.net, decay, self._ema_shadow)
         self.ema_updates += 1
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the fp32 EMA shadow (when there is one), so a resumed bf16 run averages exactly on."""
-        if self._ema_shadow is not None:
-            checkpoint["ema_fp32"] = [t.cpu() for t in self._ema_shadow]
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the fp32 EMA shadow saved by :meth:`on_save_checkpoint`."""
-        shadow = checkpoint.get("ema_fp32")
-        self._ema_shadow = [t.to(self.device) for t in shadow] if shadow is not None else None
 
     # ----------------------------------------------------------------------------------- training
     def _condition(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:

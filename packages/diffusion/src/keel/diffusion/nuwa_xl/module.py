@@ -34,12 +34,12 @@ from torchmetrics import MeanMetric
 
 from keel.core.errors import NonFiniteLossError
 from keel.diffusion.data.video import TASKS
-from keel.diffusion.ema import ema_decay_at, ema_update
+from keel.diffusion.ema import SavesEMAShadow, ema_decay_at, ema_update
 from keel.diffusion.nuwa_xl.model import MaskedTemporalUNet
 from keel.diffusion.sampling import SCHEDULERS, make_scheduler, training_scheduler, training_target
 
 
-class NuwaXLModule(L.LightningModule):
+class NuwaXLModule(SavesEMAShadow, L.LightningModule):
     """Train MTD on (task, level, segment) examples; after testing, generate long videos both ways.
 
     Each stage logs ``{stage}/loss`` (noise MSE over generated frames) and, for validation and test,
@@ -107,16 +107,6 @@ class NuwaXLModule(L.LightningModule):
         decay = ema_decay_at(int(self.ema_updates), self.hparams.ema_decay)
         self._ema_shadow = ema_update(self.ema_network, self.network, decay, self._ema_shadow)
         self.ema_updates += 1
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the fp32 EMA shadow (bf16 training), so a resumed run averages on exactly."""
-        if self._ema_shadow is not None:
-            checkpoint["ema_fp32"] = [t.cpu() for t in self._ema_shadow]
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the fp32 EMA shadow saved by :meth:`on_save_checkpoint`."""
-        shadow = checkpoint.get("ema_fp32")
-        self._ema_shadow = [t.to(self.device) for t in shadow] if shadow is not None else None
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Update the EMA weights after every training batch."""
