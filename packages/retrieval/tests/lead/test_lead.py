@@ -49,13 +49,17 @@ def test_masked_cells_leave_the_kl_with_finite_gradients() -> None:
     mask = torch.tensor([[False, True, False], [False, False, False]])
     queries = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     candidates = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]], requires_grad=True)
-    teacher = masked_scores(queries, torch.tensor([[0.5, 0.5], [1.0, 0.0], [0.0, 1.0]]), 1.0, mask)
+    teacher_candidates = torch.tensor([[0.5, 0.5], [1.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    teacher = masked_scores(queries, teacher_candidates, 1.0, mask)
     student = masked_scores(queries, candidates, 0.5, mask)
     assert student[0, 1] == float("-inf")
     loss = score_kl(teacher, student, mask)
     loss.backward()
     assert torch.isfinite(loss)
     assert torch.isfinite(candidates.grad).all()
+    # the target side too: a jointly trained teacher (and the reverse KL's student) get its gradient
+    assert torch.isfinite(teacher_candidates.grad).all()
+    assert teacher_candidates.grad.abs().sum() > 0
     # row 0 without its masked column is an ordinary 2-way KL
     row0 = kl_by_hand([0.5, 0.0], [2.0, 0.0])
     row1 = kl_by_hand([0.5, 0.0, 1.0], [0.0, 0.2, 2.0])
@@ -130,6 +134,24 @@ def _batch(model_dir: Path, beir: Path) -> dict[str, torch.Tensor]:
     return next(iter(data.train_dataloader()))
 
 
+def _scores_by_hand(
+    module: LEADModule, batch: dict[str, torch.Tensor], mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The teacher's final scores, and the (teacher, student) scores of the current layer pair (K=1)."""
+    (s_layer,), (t_layer,) = module.current_layers()
+    queries = (batch["query_input_ids"], batch["query_attention_mask"])
+    passages = (batch["passage_input_ids"], batch["passage_attention_mask"], "passage")
+    q, p = layer_embeddings(module.teacher, *queries), layer_embeddings(module.teacher, *passages)
+    sq, sp = layer_embeddings(module.model, *queries), layer_embeddings(module.model, *passages)
+    t, t_student = module.teacher.temperature, module.model.temperature
+    teacher_final = masked_scores(q[-1], p[-1], t, mask)
+    return (
+        teacher_final,
+        masked_scores(q[t_layer], p[t_layer], t, mask),
+        masked_scores(sq[s_layer], sp[s_layer], t_student, mask),
+    )
+
+
 def test_teacher_gets_no_gradient_and_stays_out_of_optimizer_and_checkpoint(
     tiny_model_dir: Path, tiny_beir: Path
 ) -> None:
@@ -163,15 +185,11 @@ def test_loss_adds_the_distillation_terms_to_the_students_own(tiny_model_dir: Pa
         total = full.forward_loss(batch).loss
         # by hand: K=1 pairs student layer 1 with one of the teacher's 2 layers; the teacher's final
         # layer is its layer 2
-        (s_layers,), (t_layer,) = full.current_layers()
-        q = layer_embeddings(full.teacher, batch["query_input_ids"], batch["query_attention_mask"])
-        p = layer_embeddings(full.teacher, batch["passage_input_ids"], batch["passage_attention_mask"], "passage")
-        sq = layer_embeddings(full.model, batch["query_input_ids"], batch["query_attention_mask"])
-        sp = layer_embeddings(full.model, batch["passage_input_ids"], batch["passage_attention_mask"], "passage")
-        mask, t, t_student = student.false_negatives, full.teacher.temperature, full.model.temperature
-        final = score_kl(masked_scores(q[2], p[2], t, mask), student.logits, mask, 2.0)
-        teacher_layer = masked_scores(q[t_layer], p[t_layer], t, mask)
-        layer_kl = score_kl(teacher_layer, masked_scores(sq[1], sp[1], t_student, mask), mask, 2.0)
+        (s_layers,), _ = full.current_layers()
+        mask = student.false_negatives
+        teacher_final, teacher_layer, student_layer = _scores_by_hand(full, batch, mask)
+        final = score_kl(teacher_final, student.logits, mask, 2.0)
+        layer_kl = score_kl(teacher_layer, student_layer, mask, 2.0)
     assert s_layers == 1
     assert total.item() == pytest.approx((student.loss + final + layer_kl).item(), rel=1e-5)  # one pair: weight 1
     full.eval()  # validation and test score the student alone
@@ -183,3 +201,30 @@ def test_module_checks_its_settings(tiny_model_dir: Path) -> None:
         _modules(tiny_model_dir, layers=2)
     with pytest.raises(ConfigError, match="loss_weights"):
         _modules(tiny_model_dir, loss_weights={"attention": 1.0})
+
+
+def test_a_jointly_trained_teacher_adds_its_own_loss_and_the_reverse_kl(tiny_model_dir: Path, tiny_beir: Path) -> None:
+    batch = _batch(tiny_model_dir, tiny_beir)
+    joint, alone = _modules(tiny_model_dir, train_teacher=True, distill_temperature=2.0)
+    joint.train()
+    assert joint.teacher.training, "a trained teacher follows the module's mode"
+    total = joint.forward_loss(batch).loss
+    with torch.no_grad():
+        student = alone.forward_loss(batch)
+        mask = student.false_negatives
+        teacher_final, teacher_layer, student_layer = _scores_by_hand(joint, batch, mask)
+        teacher_own = F.cross_entropy(teacher_final, student.labels)
+        forward = score_kl(teacher_final, student.logits, mask, 2.0)
+        reverse = score_kl(student.logits, teacher_final, mask, 2.0)  # KL(softmax(s^S / T) || softmax(s^T))
+        layer_kl = score_kl(teacher_layer, student_layer, mask, 2.0)
+    expected = student.loss + teacher_own + forward + reverse + layer_kl
+    assert total.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert reverse.item() != pytest.approx(forward.item(), rel=1e-3), "the two directions differ on this batch"
+    total.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in joint.teacher.parameters())
+    optimizer = joint.configure_optimizers()
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert {id(p) for p in joint.teacher.parameters()} <= trained
+    assert any(key.startswith("teacher.") for key in joint.state_dict()), "resuming needs the trained teacher"
+    with pytest.raises(ConfigError, match="train_teacher needs a teacher"):
+        LEADModule(joint.model, functools.partial(torch.optim.AdamW, lr=1e-3), None, train_teacher=True)

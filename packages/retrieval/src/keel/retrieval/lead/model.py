@@ -102,9 +102,12 @@ def score_kl(
     Masked cells (-inf in both) are left out of the sum. The official code's ``F.kl_div(...,
     reduction='batchmean')`` is the same sum divided by the number of queries.
     """
-    log_p = F.log_softmax(teacher_scores / temperature, dim=-1)
-    log_q = F.log_softmax(student_scores, dim=-1)
-    cells = torch.where(mask, torch.zeros_like(log_p), log_p.exp() * (log_p - log_q))
+    # Masked cells are -inf on both sides; zeroing them before the product (rather than selecting
+    # around it) keeps -inf - -inf out of the graph, whose NaN would reach the gradient of a
+    # teacher that trains (a backward pass through torch.where multiplies NaN by zero).
+    log_p = F.log_softmax(teacher_scores / temperature, dim=-1).masked_fill(mask, 0.0)
+    log_q = F.log_softmax(student_scores, dim=-1).masked_fill(mask, 0.0)
+    cells = log_p.exp().masked_fill(mask, 0.0) * (log_p - log_q)
     return cells.sum(-1).mean()
 
 

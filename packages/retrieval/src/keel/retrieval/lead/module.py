@@ -10,11 +10,21 @@ distribution to the student's, and ``L_layer`` LEAD's weighted layer-wise KL ove
 sorted layer pairs; ``c, f, l`` are ``loss_weights`` (all 1 in the official scripts). Every term
 uses the same candidates (the passages of every device) and the same false-negative mask.
 
+With ``train_teacher`` the teacher trains jointly, as the official DE -> DE script does
+(``--train_de``; ``LEAD/util.py:distill_loss``), and the loss gains its terms:
+
+    L = c * L_student + c * L_teacher + f * (L_final + L_final_reverse) + l * L_layer,
+
+where ``L_teacher`` is the teacher's own InfoNCE and ``L_final_reverse = KL(softmax(s^S / T) ||
+softmax(s^T))`` pulls the teacher toward the student. As in the official code nothing is detached:
+the teacher's scores, targets of the forward KL and of the layer term, also carry gradient (only
+the layer weights w do not). The teacher then trains in train mode (dropout on), is in the
+optimizer with the student, and is saved in checkpoints.
+
 Differences from the official DE -> DE setting (``distill_from_12de_to_6de.sh``), chosen here:
 
-* the teacher is **frozen** (eval mode, no gradient, not in the optimizer, not in checkpoints); the
-  official script also trains it (its own loss and the reverse KL), which needs twice the memory
-  and makes the teacher a moving target;
+* by default (``train_teacher: false``) the teacher is **frozen** (eval mode, no gradient, not in
+  the optimizer, not in checkpoints), which halves the memory and keeps the target fixed;
 * layers are 1-based Transformer layers (the embedding output is not a candidate layer); both
   models pool and normalise every layer as they pool their output. The official ``select_layer``
   draws from as many indices as the model has layers, out of hidden states that its modified
@@ -64,6 +74,8 @@ class LEADModule(SkipsFrozenWeights, BiEncoderModule):
         layer_temperature: tau of the layer weights softmax(-NLL / tau) (official: 10).
         layer_weighting: ``teacher_loss`` (LEAD) or ``uniform``.
         loss_weights: ``contrastive``, ``final`` and ``layers`` multipliers (default 1 each).
+        train_teacher: Train the teacher jointly (its InfoNCE and the reverse final KL; see the
+            module docstring), as the official ``--train_de``.
         seed: Seed of the layer draws.
         scheduler: Optional factory taking the optimizer, stepped every optimizer step.
         gather_across_devices: Score each query against every device's passages.
@@ -85,6 +97,7 @@ class LEADModule(SkipsFrozenWeights, BiEncoderModule):
         layer_weighting: str = "teacher_loss",
         loss_weights: Mapping[str, float] | None = None,
         seed: int = 0,
+        train_teacher: bool = False,
         scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
         gather_across_devices: bool = True,
     ) -> None:
@@ -99,7 +112,12 @@ class LEADModule(SkipsFrozenWeights, BiEncoderModule):
             raise ConfigError(f"layer_weighting must be one of {', '.join(WEIGHTINGS)}, got '{layer_weighting}'")
         if teacher is not None:
             sample_layers(num_layers(model), num_layers(teacher), layers, seed, 0)  # checks K
-            teacher = teacher.eval().requires_grad_(False)
+            if not train_teacher:
+                teacher = teacher.eval().requires_grad_(False)
+        elif train_teacher:
+            raise ConfigError("train_teacher needs a teacher")
+        if train_teacher:
+            self.frozen_prefixes = ()  # a trained teacher is saved and resumed like the student
         self.teacher = teacher
         self.layers = layers
         self.resample_every = resample_every
@@ -108,11 +126,12 @@ class LEADModule(SkipsFrozenWeights, BiEncoderModule):
         self.layer_weighting = layer_weighting
         self.loss_weights = weights
         self.seed = seed
+        self.train_teacher = train_teacher
 
     def train(self, mode: bool = True) -> LEADModule:
-        """Switch the student's mode; the teacher always stays in eval mode (no dropout)."""
+        """Switch the student's mode; a frozen teacher always stays in eval mode (no dropout)."""
         super().train(mode)
-        if self.teacher is not None:
+        if self.teacher is not None and not self.train_teacher:
             self.teacher.eval()
         return self
 
@@ -134,9 +153,10 @@ class LEADModule(SkipsFrozenWeights, BiEncoderModule):
         passages = (batch["passage_input_ids"], batch["passage_attention_mask"])
         student_q = layer_embeddings(self.model, *queries, tower="query")
         student_p = layer_embeddings(self.model, *passages, tower="passage")
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.train_teacher):
             teacher_q = layer_embeddings(self.teacher, *queries, tower="query")
             teacher_p = layer_embeddings(self.teacher, *passages, tower="passage")
+        grads = self.train_teacher  # whether the teacher's gathered candidates keep their gradient
         distributed = self.gather_across_devices and self._trainer is not None and self.trainer.world_size > 1
         rank = self.global_rank if distributed else 0
 
@@ -153,11 +173,11 @@ class LEADModule(SkipsFrozenWeights, BiEncoderModule):
             rank=rank,
         )
         mask, t_student, t_teacher = out.false_negatives, self.model.temperature, self.teacher.temperature
-        teacher_final = masked_scores(teacher_q[-1], candidates(teacher_p[-1], False), t_teacher, mask)
+        teacher_final = masked_scores(teacher_q[-1], candidates(teacher_p[-1], grads), t_teacher, mask)
         final = score_kl(teacher_final, out.logits, mask, self.distill_temperature)
         student_layers, teacher_layers = self.current_layers()
         layered = layer_distillation(
-            [masked_scores(teacher_q[a], candidates(teacher_p[a], False), t_teacher, mask) for a in teacher_layers],
+            [masked_scores(teacher_q[a], candidates(teacher_p[a], grads), t_teacher, mask) for a in teacher_layers],
             [masked_scores(student_q[b], candidates(student_p[b], True), t_student, mask) for b in student_layers],
             out.labels,
             mask,
@@ -167,8 +187,14 @@ class LEADModule(SkipsFrozenWeights, BiEncoderModule):
         )
         w = self.loss_weights
         total = w["contrastive"] * out.loss + w["final"] * final + w["layers"] * layered.loss
+        logged = {"contrastive": out.loss, "final_kl": final, "layer_kl": layered.loss}
+        if self.train_teacher:
+            teacher_own = torch.nn.functional.cross_entropy(teacher_final, out.labels)
+            reverse = score_kl(out.logits, teacher_final, mask, self.distill_temperature)
+            total = total + w["contrastive"] * teacher_own + w["final"] * reverse
+            logged |= {"teacher_contrastive": teacher_own, "final_kl_reverse": reverse}
         if self._trainer is not None:
             size = out.labels.numel()
-            for name, value in (("contrastive", out.loss), ("final_kl", final), ("layer_kl", layered.loss)):
+            for name, value in logged.items():
                 self.log(f"train/{name}", value.detach(), on_step=True, on_epoch=False, batch_size=size)
         return ContrastiveOutput(total, out.logits, out.labels, out.false_negatives)
