@@ -1,10 +1,14 @@
-"""One training step of BiEncoderModule, run as a script by test_distributed.py (one process per rank).
+"""One training step of a bi-encoder module, run as a script by test_distributed.py (one process per rank).
 
-Usage: python ddp_step.py OUT_DIR   with WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR and MASTER_PORT set
-as a launcher (torchrun, SLURM) sets them. Rank r trains on its slice of a fixed global batch of 4
-queries, each with a positive and 2 hard negatives; one process alone trains on all 4. The loss and
-the gradients (after data-parallel averaging) are saved to OUT_DIR/rank{RANK}-of-{WORLD_SIZE}.pt for
-the test to compare.
+Usage: python ddp_step.py OUT_DIR [biencoder | lead | lead_joint]   with WORLD_SIZE, RANK, LOCAL_RANK,
+MASTER_ADDR and MASTER_PORT set as a launcher (torchrun, SLURM) sets them. Rank r trains on its slice
+of a fixed global batch of 4 queries, each with a positive and 2 hard negatives; one process alone
+trains on all 4. The loss and the gradients (after data-parallel averaging) are saved to
+OUT_DIR/rank{RANK}-of-{WORLD_SIZE}.pt for the test to compare.
+
+``biencoder`` trains a BiEncoderModule; ``lead`` a LEADModule distilling one layer of a frozen 2-layer
+teacher into a 1-layer student (K = 1, so the layer weight is 1 and does not depend on how the
+queries are split between devices); ``lead_joint`` the same with the teacher trained too.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 from transformers import BertConfig, BertModel
 
 from keel.retrieval.biencoder import BiEncoderModule
+from keel.retrieval.lead import LEADModule
 from keel.retrieval.nn import BiEncoder
 
 QUERIES, GROUP = 4, 3
@@ -53,15 +58,26 @@ def local_batch(rank: int, world: int) -> dict[str, torch.Tensor]:
     return {k: v[groups] if k.startswith("passage") else v[rows] for k, v in batch.items()}
 
 
-def network() -> BiEncoder:
-    def bert(seed: int) -> BertModel:
-        torch.manual_seed(seed)
-        config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                            intermediate_size=32, max_position_embeddings=16, hidden_dropout_prob=0.0,
-                            attention_probs_dropout_prob=0.0)  # fmt: skip
-        return BertModel(config)
+def bert(seed: int, layers: int = 1) -> BertModel:
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=16, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)  # fmt: skip
+    return BertModel(config)
 
+
+def network() -> BiEncoder:
     return BiEncoder(bert(0), bert(1), temperature=0.1, learn_temperature=True)
+
+
+def module(kind: str) -> BiEncoderModule:
+    optimizer = functools.partial(torch.optim.SGD, lr=0.1)
+    if kind == "biencoder":
+        return BiEncoderModule(network(), optimizer)
+    if kind not in ("lead", "lead_joint"):
+        raise SystemExit(f"unknown module kind {kind!r}")
+    teacher = BiEncoder(bert(2, layers=2), temperature=0.2)
+    return LEADModule(network(), optimizer, teacher, layers=1, train_teacher=kind == "lead_joint")
 
 
 class Recorder(L.Callback):
@@ -77,10 +93,9 @@ class Recorder(L.Callback):
         torch.save(record, self.out)
 
 
-def main(out_dir: str) -> None:
+def main(out_dir: str, kind: str) -> None:
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     out = os.path.join(out_dir, f"rank{rank}-of-{world}.pt")
-    module = BiEncoderModule(network(), functools.partial(torch.optim.SGD, lr=0.1))
     loader = torch.utils.data.DataLoader([local_batch(rank, world)], batch_size=None)
     trainer = L.Trainer(
         accelerator="cpu",
@@ -94,7 +109,7 @@ def main(out_dir: str) -> None:
         use_distributed_sampler=False,
         callbacks=[Recorder(out)],
     )
-    trainer.fit(module, train_dataloaders=loader)
+    trainer.fit(module(kind), train_dataloaders=loader)
     if torch.distributed.is_initialized():
         # leave together: a rank that exits while gloo still holds the other's connection aborts
         # ("terminate called without an active exception")
@@ -104,4 +119,4 @@ def main(out_dir: str) -> None:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "biencoder")

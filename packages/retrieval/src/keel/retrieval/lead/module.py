@@ -30,6 +30,11 @@ Differences from the official DE -> DE setting (``distill_from_12de_to_6de.sh``)
   draws from as many indices as the model has layers, out of hidden states that its modified
   encoders return; whether index 0 there is the embedding output is not settled by the code read.
 
+Under data parallelism every device scores its queries against all devices' passages (the
+student's and a training teacher's gathered with gradient), and weighs the layers by its own
+queries' teacher losses, as the official code does per GPU; with K = 1 the weight is 1 and two
+processes give the single-process loss and gradients (``tests/test_distributed.py``).
+
 Without a teacher the module is exactly :class:`BiEncoderModule` (the "student alone" baseline);
 with ``layers=0`` it distils the final scores only (response-based distillation). Validation and
 test score the student alone, so ``val/loss`` is the student's InfoNCE in every arm.
