@@ -15,7 +15,9 @@
 The GCIDE folder is built with ``keel retrieval build-corpus gcide`` when it is missing (it needs
 Debian's ``dict-gcide``, which ``nox -s bench`` apt-installs like the test sessions do).
 
-Prints a table and writes ``retrieval.json``.
+Prints a table, writes ``retrieval.json`` and puts the tables into the package README (the block
+``<!-- results:bench:start -->`` ... ``<!-- results:bench:end -->``), so no figure there is typed by
+hand; ``--render-only retrieval.json`` rewrites that block from a saved result.
 
 Usage: python packages/retrieval/benchmarks/retrieval.py [--device cpu|cuda] [--texts 2000] [--repeats 3]
 """
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 
 from keel.core.distill.module import resolve_model_path
+from keel.core.report import replace_block
 from keel.core.testing.timing import seconds
 from keel.retrieval.data.beir import read_queries
 from keel.retrieval.eval.encoders import MINILM, load_encoder
@@ -125,8 +128,38 @@ def index_comparison(passages: np.ndarray, queries: np.ndarray, k: int, nprobes:
     }  # fmt: skip
 
 
+def markdown(result: dict) -> str:
+    """The README tables of one result of this benchmark."""
+    encoding, index = result["encoding"], result["index"]
+    where = result["device"]
+    if result.get("cpu_cores"):
+        where += f" ({result['cpu_cores']} cores, {result['threads']} torch threads)"
+    lines = [
+        f"Measured on {where} with torch {result['torch']} (`nox -s bench -- retrieval`):",
+        "",
+        f"| encoding {encoding['texts']:,} definitions (batch {encoding['batch_size']}, "
+        f"{encoding['max_length']} tokens, median of {encoding['repeats']}) | texts/s |",
+        "|---|---:|",
+        f"| sentence-transformers | {encoding['sentence_transformers_texts_per_s']:.0f} |",
+        f"| keel `DenseEncoder` | {encoding['keel_texts_per_s']:.0f} |",
+        f"| **ratio** | **{encoding['ratio']:.2f}** (target >= {encoding['target']:.1f}); largest difference "
+        f"between the embeddings {encoding['max_abs_difference']:.1e} |",
+        "",
+        f"| index over {index['passages']:,} passages ({index['dim']}-d), {index['queries']:,} queries "
+        f"| build | search per query | recall@{index['k']} vs exact |",
+        "|---|---:|---:|---:|",
+        f"| flat (exact) | {index['flat']['build_seconds']:.2f} s | {index['flat']['ms_per_query']:.3f} ms | 1 |",
+    ]
+    ivf = index["ivf"]
+    for i, row in enumerate(ivf["probes"]):
+        name = f"IVF, {ivf['nlist']:,} cells, nprobe {row['nprobe']}" if i == 0 else f"IVF, nprobe {row['nprobe']}"
+        build = f"{ivf['build_seconds']:.1f} s" if i == 0 else ""
+        lines.append(f"| {name} | {build} | {row['ms_per_query']:.3f} ms | {row['recall_at_k']:.3f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
-    """Run both benchmarks, print the tables, write JSON."""
+    """Run both benchmarks, print the tables, write JSON and the README block."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--data", default="data/retrieval/gcide", help="the GCIDE BEIR folder (built if missing)")
@@ -138,7 +171,12 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--nprobe", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--out", default=os.environ.get("KEEL_BENCH_DIR", "benchmarks-results"))
+    parser.add_argument("--readme", default=str(Path(__file__).parents[1] / "README.md"), help="'' leaves it alone")
+    parser.add_argument("--render-only", metavar="JSON", help="only rewrite the README block from a saved result")
     args = parser.parse_args()
+    if args.render_only:
+        replace_block(Path(args.readme), markdown(json.loads(Path(args.render_only).read_text())), name="bench")
+        return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_grad_enabled(False)
@@ -166,9 +204,15 @@ def main() -> None:
     for row in index["ivf"]["probes"]:
         print(f"    nprobe {row['nprobe']:>3}: {row['ms_per_query']:.3f} ms/query, "
               f"recall@10 vs flat {row['recall_at_k']:.3f}")  # fmt: skip
-    result = {"device": args.device, "torch": torch.__version__, "encoding": encoding, "index": index}
+    result = {
+        "device": args.device, "torch": torch.__version__, "cpu_cores": os.cpu_count(),
+        "threads": torch.get_num_threads(), "encoding": encoding, "index": index,
+    }  # fmt: skip
     (out / "retrieval.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out / 'retrieval.json'}")
+    if args.readme:
+        replace_block(Path(args.readme), markdown(result), name="bench")
+        print(f"updated {args.readme}")
 
 
 if __name__ == "__main__":

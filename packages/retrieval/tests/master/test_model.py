@@ -213,3 +213,16 @@ def test_inconsistent_settings_are_config_errors() -> None:
         MasterModule(BottleneckedAutoencoder(tiny_bert(), THREE), {"pretrain": 3}, optimizer, {"finetune": 1e-3})
     with pytest.raises(ConfigError, match="decoder_layers"):
         BottleneckedAutoencoder(tiny_bert(), THREE, decoder_layers=0)
+
+
+def test_mean_pairwise_cosine_by_hand() -> None:
+    from keel.retrieval.master.model import mean_pairwise_cosine
+
+    same = torch.tensor([[1.0, 2.0], [2.0, 4.0], [0.5, 1.0]])
+    assert mean_pairwise_cosine(same).item() == pytest.approx(1.0, abs=1e-6)
+    rows = torch.tensor([[1.0, 0.0], [0.0, 3.0], [1.0, 1.0]])
+    # pairs: (0, 1) 0, (0, 2) 1/sqrt(2), (1, 2) 1/sqrt(2)
+    assert mean_pairwise_cosine(rows).item() == pytest.approx(2 / (3 * 2**0.5), rel=1e-6)
+    assert mean_pairwise_cosine(torch.tensor([[1.0, 0.0], [-1.0, 0.0]])).item() == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="at least 2"):
+        mean_pairwise_cosine(rows[:1])

@@ -83,6 +83,20 @@ def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), labels)
 
 
+def mean_pairwise_cosine(vectors: torch.Tensor) -> torch.Tensor:
+    """Mean cosine similarity over the distinct pairs of rows of ``vectors`` ``[n, width]`` (n >= 2).
+
+    Logged for the [CLS] bottleneck: near 1, every input gets nearly the same vector and a
+    contrastive loss over them starts at chance, whatever the temperature.
+    """
+    if vectors.shape[0] < 2:
+        raise ValueError("mean_pairwise_cosine needs at least 2 vectors")
+    unit = F.normalize(vectors.float(), dim=-1)
+    n = unit.shape[0]
+    total = unit.sum(0).square().sum() - n  # sum over i != j of <u_i, u_j>: |sum u|^2 minus the n diagonal terms
+    return total / (n * (n - 1))
+
+
 class ShallowDecoder(nn.Module):
     """``layers`` post-LayerNorm Transformer layers (BERT's layer shape) with bidirectional attention.
 

@@ -43,7 +43,13 @@ from keel.retrieval.biencoder import BiEncoderModule
 from keel.retrieval.master.data import stage_plan
 from keel.retrieval.master.generator import TokenGenerator
 from keel.retrieval.master.masking import IGNORE
-from keel.retrieval.master.model import ENCODER_PASS, GENERATOR_TASKS, BottleneckedAutoencoder, encoder_passes
+from keel.retrieval.master.model import (
+    ENCODER_PASS,
+    GENERATOR_TASKS,
+    BottleneckedAutoencoder,
+    encoder_passes,
+    mean_pairwise_cosine,
+)
 
 STAGE_KEY = "master_stage"
 
@@ -111,6 +117,7 @@ class MasterModule(SkipsFrozenWeights, BiEncoderModule):
         self.warmup_fraction = warmup_fraction
         self.zero_shot_split = zero_shot_split
         self.entered: str | None = None  # the last stage started (saved in checkpoints)
+        self.bottleneck: torch.Tensor | None = None  # the last pre-training batch's [CLS] vectors (first pass)
 
     # ------------------------------------------------------------------ pre-training
 
@@ -123,6 +130,7 @@ class MasterModule(SkipsFrozenWeights, BiEncoderModule):
             hidden = model.encode(batch[f"{name}_encoder_input_ids"], batch[f"{name}_encoder_attention_mask"])
             terms[f"{name}_encoder_mlm"] = model.mlm_loss(hidden, batch[f"{name}_encoder_labels"])
             bottleneck[name] = hidden[:, 0]
+        self.bottleneck = next(iter(bottleneck.values())).detach() if bottleneck else None
         for task in ("keywords", "neighbour", "complementary"):
             if task in model.tasks:
                 hidden = model.decode(
@@ -186,6 +194,8 @@ class MasterModule(SkipsFrozenWeights, BiEncoderModule):
         terms = self.pretraining_losses(batch)
         size = next(v for k, v in batch.items() if k.endswith("_input_ids")).shape[0]
         self.log("train/pretrain_loss", terms["loss"], prog_bar=True, batch_size=size)
+        if self.bottleneck is not None and size > 1:  # how alike the batch's [CLS] vectors are
+            self.log("train/bottleneck_cosine", mean_pairwise_cosine(self.bottleneck), batch_size=size)
         for name, value in terms.items():
             if name != "loss":
                 self.log(f"train/pretrain_{name}", value, batch_size=size)
