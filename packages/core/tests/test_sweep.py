@@ -23,7 +23,7 @@ arms:
     grid: {model.hidden: [32]}
 profiles:
   tiny: {tiny: true, seeds: [0], grid_points: 1}
-  short: {tiny: true, overrides: [trainer.max_steps=2]}
+  short: {tiny: true, overrides: [trainer.max_steps=2], analysis: {claim_ratio: 0.9, paper: "the short profile"}}
 analysis:
   _target_: keel.core.analysis.steps_to_target
   reference_arm: plain
@@ -97,7 +97,7 @@ def test_sweep_runs_analyses_and_resumes(project: Path, capsys: pytest.CaptureFi
 
 def test_final_metric_table_from_a_tiny_sweep(project: Path) -> None:
     sweep = project / "experiments" / "toy" / "sweep.yaml"
-    sweep.write_text(SWEEP.split("analysis:")[0] + "analysis:\n  _target_: keel.core.analysis.final_metric_table\n")
+    sweep.write_text(SWEEP.split("\nanalysis:")[0] + "\nanalysis:\n  _target_: keel.core.analysis.final_metric_table\n")
     assert main(["sweep", "toy", "--tiny"]) == 0
     readme = (project / "experiments" / "toy" / "README.md").read_text()
     assert "tiny (CI) scale" in readme
@@ -150,3 +150,30 @@ def test_steps_to_target_numbers_and_verdicts(tmp_path: Path) -> None:
     assert results["arms"]["slow"]["ratio"] is None
     assert "**fast: reproduced**" in text
     assert "**slow: not reproduced**" in text
+
+
+def test_a_profile_replaces_analysis_arguments(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import keel.core.analysis as analysis
+
+    seen: list[dict[str, object]] = []
+
+    def record(**kwargs: object) -> None:
+        seen.append({k: kwargs.get(k) for k in ("reference_arm", "claim_ratio", "paper")})
+
+    monkeypatch.setattr(analysis, "steps_to_target", record)
+    assert main(["sweep", "toy", "--profile", "short", "--only", "wide"]) == 0
+    assert main(["sweep", "toy", "--tiny", "--only", "wide"]) == 0
+    assert seen == [
+        {"reference_arm": "plain", "claim_ratio": 0.9, "paper": "the short profile"},
+        {"reference_arm": "plain", "claim_ratio": 0.5, "paper": "a made-up claim for the test"},
+    ]
+    sweep = project / "experiments" / "toy" / "sweep.yaml"
+    sweep.write_text(
+        SWEEP.replace("analysis: {claim_ratio: 0.9", "analysis: [{claim_ratio: 0.9").replace(
+            'profile"}}', 'profile"}]}'
+        )
+    )
+    from keel.core.config import find_experiment
+
+    with pytest.raises(ConfigError, match="analysis must map"):
+        load_sweep(find_experiment("toy"))

@@ -16,6 +16,10 @@ An experiment that compares methods keeps a ``sweep.yaml`` beside its ``config.y
       _target_: keel.core.optim.analysis.steps_to_target
       reference_arm: adamw
 
+A profile may also hold ``analysis:`` arguments that replace the sweep's for its runs, e.g.
+``cpu_large: {..., analysis: {block: cpu_large}}`` for an analysis that writes each profile's
+results to its own README block.
+
 Without a ``tiny`` profile, ``--tiny`` applies ``tiny.yaml`` to the first seed and first grid point.
 Every run is an ordinary keel run (its own folder with ``resolved.yaml``, ``metrics.csv``,
 ``summary.json``) under ``runs/<experiment>/sweep-<timestamp>/``; ``sweep.json`` there lists them.
@@ -98,9 +102,11 @@ def load_sweep(experiment: Experiment) -> dict[str, Any]:
         if extra:
             raise ConfigError(f"{path}: arm '{arm}' has unknown keys {sorted(extra)}")
     for name, profile in (spec.get("profiles") or {}).items():
-        extra = set(profile or {}) - {"tiny", "seeds", "grid_points", "overrides"}
+        extra = set(profile or {}) - {"tiny", "seeds", "grid_points", "overrides", "analysis"}
         if extra:
             raise ConfigError(f"{path}: profile '{name}' has unknown keys {sorted(extra)}")
+        if not isinstance((profile or {}).get("analysis", {}), dict):
+            raise ConfigError(f"{path}: profile '{name}': analysis must map argument names to values")
     return spec
 
 
@@ -238,7 +244,9 @@ def analyse(spec_name: str, sweep_dir: Path, command: str) -> None:
     if not spec.get("analysis"):
         print(f"{len(records)} runs finished; sweep.yaml names no analysis")
         return
-    analysis = instantiate({**spec["analysis"], "_partial_": True})
+    # a profile's own analysis arguments (e.g. the README block its results go to) win
+    arguments = profile_of(spec, data.get("profile")).get("analysis") or {}
+    analysis = instantiate({**spec["analysis"], **arguments, "_partial_": True})
     analysis(
         records=records,
         experiment_dir=experiment.config_path.parent,

@@ -87,11 +87,30 @@ def cep_table(
     batch_size: int = 500,
     classifier_steps: int = 1000,
     paper: str = "",
+    block: str | None = None,
 ) -> dict[str, Any]:
     """Score every run of the sweep, compare each arm with ``baseline_arm``, write the results.
 
+    Args:
+        records: The sweep's finished runs.
+        experiment_dir: The experiment folder (its README, figure and JSON are written).
+        sweep_dir: The sweep folder (the digit classifiers are cached beside it).
+        command: The command line quoted in the table.
+        tiny: A smoke test: fewer samples, steps and classifier steps.
+        baseline_arm: The gamma = 0 arm every other arm is compared with, seed by seed.
+        num_samples: Class-balanced samples per run.
+        sampler: The sampler (``ddim``, ...).
+        steps: Sampling steps.
+        guidance_scale: Classifier-free guidance scale (1: none).
+        batch_size: Samples per sampling batch.
+        classifier_steps: Training steps of the digit classifier whose features score the samples.
+        paper: The paper's claim, quoted above the table.
+        block: The README block to write (``<!-- results:BLOCK:start -->``; ``None``: the main
+            ``results`` block), so each sweep profile can keep its own table; its figure and JSON are
+            then ``results-BLOCK.png`` and ``results-BLOCK.json``.
+
     Returns:
-        The summary written to ``results.json``.
+        The summary written to ``results.json`` (``results-BLOCK.json``).
     """
     if tiny:  # the smoke test checks the pipeline, not the numbers
         num_samples, steps, classifier_steps, batch_size = min(num_samples, 40), min(steps, 4), 20, 40
@@ -148,13 +167,14 @@ def cep_table(
         if improved
         else "not reproduced: no CEP arm beats gamma = 0 on both FD and recall on every seed"
     )
-    lines += ["", f"Verdict: **{verdict}**.", "", "![CEP: FD and recall per arm](results.png)"]
-    plot(summary, experiment_dir / "results.png")
-    replace_block(experiment_dir / "README.md", "\n".join(lines))
+    stem = "results" if block is None else f"results-{block}"
+    lines += ["", f"Verdict: **{verdict}**.", "", f"![CEP: FD and recall per arm]({stem}.png)"]
+    plot(summary, experiment_dir / f"{stem}.png")
+    replace_block(experiment_dir / "README.md", "\n".join(lines), name=block)
     result = {
         "command": command,
         "headline": f"CEP vs gamma = 0: {verdict.split(':')[0].split(' (')[0]}",
         "arms": summary,
     }
-    (experiment_dir / "results.json").write_text(json.dumps(result, indent=2))
+    (experiment_dir / f"{stem}.json").write_text(json.dumps(result, indent=2))
     return result
