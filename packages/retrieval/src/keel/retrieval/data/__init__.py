@@ -41,6 +41,7 @@ from keel.retrieval.data.definitions import build_definitions, gcide_definition_
 from keel.retrieval.data.manpages import build_manpages, read_pages
 from keel.retrieval.data.pydoc import build_pydoc, parse_page
 from keel.retrieval.data.troff import parse_man
+from keel.retrieval.data.wordpiece import domain_wordpiece, train_wordpiece
 
 __all__ = [
     "CORPORA",
@@ -63,6 +64,7 @@ __all__ = [
     "build_definitions",
     "build_manpages",
     "build_pydoc",
+    "domain_wordpiece",
     "chunk_paragraphs",
     "gcide_definition_pairs",
     "group_pairs",
@@ -76,6 +78,7 @@ __all__ = [
     "read_queries",
     "read_training_pairs",
     "text_table",
+    "train_wordpiece",
     "webster_senses",
     "write_beir",
     "write_training_pairs",
