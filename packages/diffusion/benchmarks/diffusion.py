@@ -8,7 +8,9 @@
 2. NUWA-XL: a 1,024-frame video generated coarse-to-fine in parallel and autoregressively with the
    same (untrained) models, from ``keel diffusion nuwa-bench``: sequential denoising loops and seconds.
 
-Prints a table and writes ``diffusion.json``.
+Prints a table, writes ``diffusion.json`` and puts the figures into the package README (the block
+``<!-- results:bench:start -->`` ... ``<!-- results:bench:end -->``), so no figure there is typed by
+hand; ``--render-only diffusion.json`` rewrites that block from a saved result.
 
 Usage: python packages/diffusion/benchmarks/diffusion.py [--device cpu|cuda] [--steps 25] [--repeats 5]
 """
@@ -24,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from keel.core.testing.timing import seconds
+from keel.core.report import replace_block
+from keel.core.testing.timing import command_line, seconds
 from keel.diffusion.module import DiffusionModule
 from keel.diffusion.nn.unet import build_unet
 from keel.diffusion.sampling import make_scheduler, training_scheduler
@@ -77,8 +80,31 @@ def nuwa_parallel_vs_autoregressive(device: str, frames: int) -> dict:
     return result
 
 
+def markdown(result: dict) -> str:
+    """The README table of one result of this benchmark."""
+    sampling, nuwa = result["sampling"], result["nuwa_xl"]
+    where = result["device"]
+    if result.get("cpu_cores"):
+        where += f" ({result['cpu_cores']} cores, {result['threads']} torch thread(s)"
+        where += f", load average {result['load_average']:.1f})" if "load_average" in result else ")"
+    return "\n".join([
+        f"Measured on {where} with torch {result['torch']} (`{result.get('command', 'nox -s bench -- diffusion')}`):",
+        "",
+        "| | plain / autoregressive | keel / NUWA-XL parallel | ratio |",
+        "|---|---:|---:|---:|",
+        f"| sampling {sampling['batch']} images of {sampling['image_size']}x{sampling['image_size']}, DDIM "
+        f"{sampling['steps']} steps (median of {sampling['repeats']}) | {sampling['plain_seconds']:.2f} s "
+        f"| {sampling['keel_seconds']:.2f} s | **{sampling['ratio']:.3f}** (target <= {sampling['target']}); "
+        f"identical samples: {'yes' if sampling['same_samples'] else 'NO'} |",
+        f"| NUWA-XL, {nuwa['frames']:,} frames, tiny untrained models: sequential loops "
+        f"| {nuwa['loops_autoregressive']} | {nuwa['loops_parallel']} | |",
+        f"| NUWA-XL, {nuwa['frames']:,} frames: seconds | {nuwa['seconds_autoregressive']:.1f} "
+        f"| {nuwa['seconds_parallel']:.1f} | {nuwa['ratio_seconds']:.3f} |",
+    ])  # fmt: skip
+
+
 def main() -> None:
-    """Run both benchmarks, print the table, write JSON."""
+    """Run both benchmarks, print the table, write JSON and the README block."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=25)
@@ -87,7 +113,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--frames", type=int, default=1024)
     parser.add_argument("--out", default=os.environ.get("KEEL_BENCH_DIR", "benchmarks-results"))
+    parser.add_argument("--readme", default=str(Path(__file__).parents[1] / "README.md"), help="'' leaves it alone")
+    parser.add_argument("--render-only", metavar="JSON", help="only rewrite the README block from a saved result")
     args = parser.parse_args()
+    load_average = os.getloadavg()[0]  # other work on the machine when it started
+    if args.render_only:
+        replace_block(Path(args.readme), markdown(json.loads(Path(args.render_only).read_text())), name="bench")
+        return
     sampling = sampling_overhead(args.device, args.steps, args.repeats, args.batch, args.size)
     print(f"sampling {args.batch} images of {args.size}x{args.size}, DDIM {args.steps} steps on {args.device}:")
     print(f"  plain diffusers loop {sampling['plain_seconds']:.3f} s, keel DiffusionModule.sample "
@@ -99,9 +131,16 @@ def main() -> None:
           f"{nuwa['seconds_autoregressive']:.1f} s; time ratio {nuwa['ratio_seconds']:.3f}")  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"device": args.device, "torch": torch.__version__, "sampling": sampling, "nuwa_xl": nuwa}
+    result = {
+        "device": args.device, "torch": torch.__version__, "cpu_cores": os.cpu_count(),
+        "threads": torch.get_num_threads(), "load_average": load_average, "command": command_line(),
+        "sampling": sampling, "nuwa_xl": nuwa,
+    }  # fmt: skip
     (out / "diffusion.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out / 'diffusion.json'}")
+    if args.readme:
+        replace_block(Path(args.readme), markdown(result), name="bench")
+        print(f"updated {args.readme}")
 
 
 if __name__ == "__main__":

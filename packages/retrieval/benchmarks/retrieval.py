@@ -36,7 +36,7 @@ import torch
 
 from keel.core.distill.module import resolve_model_path
 from keel.core.report import replace_block
-from keel.core.testing.timing import seconds
+from keel.core.testing.timing import command_line, seconds
 from keel.retrieval.data.beir import read_queries
 from keel.retrieval.eval.encoders import MINILM, load_encoder
 from keel.retrieval.eval.index import build_index, search
@@ -133,9 +133,10 @@ def markdown(result: dict) -> str:
     encoding, index = result["encoding"], result["index"]
     where = result["device"]
     if result.get("cpu_cores"):
-        where += f" ({result['cpu_cores']} cores, {result['threads']} torch threads)"
+        where += f" ({result['cpu_cores']} cores, {result['threads']} torch thread(s)"
+        where += f", load average {result['load_average']:.1f})" if "load_average" in result else ")"
     lines = [
-        f"Measured on {where} with torch {result['torch']} (`nox -s bench -- retrieval`):",
+        f"Measured on {where} with torch {result['torch']} (`{result.get('command', 'nox -s bench -- retrieval')}`):",
         "",
         f"| encoding {encoding['texts']:,} definitions (batch {encoding['batch_size']}, "
         f"{encoding['max_length']} tokens, median of {encoding['repeats']}) | texts/s |",
@@ -174,6 +175,7 @@ def main() -> None:
     parser.add_argument("--readme", default=str(Path(__file__).parents[1] / "README.md"), help="'' leaves it alone")
     parser.add_argument("--render-only", metavar="JSON", help="only rewrite the README block from a saved result")
     args = parser.parse_args()
+    load_average = os.getloadavg()[0]  # other work on the machine when it started
     if args.render_only:
         replace_block(Path(args.readme), markdown(json.loads(Path(args.render_only).read_text())), name="bench")
         return
@@ -206,7 +208,8 @@ def main() -> None:
               f"recall@10 vs flat {row['recall_at_k']:.3f}")  # fmt: skip
     result = {
         "device": args.device, "torch": torch.__version__, "cpu_cores": os.cpu_count(),
-        "threads": torch.get_num_threads(), "encoding": encoding, "index": index,
+        "threads": torch.get_num_threads(), "load_average": load_average, "command": command_line(),
+        "encoding": encoding, "index": index,
     }  # fmt: skip
     (out / "retrieval.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out / 'retrieval.json'}")

@@ -1,7 +1,10 @@
-"""Wall-clock timing for benchmarks: seconds of one call, with queued CUDA work counted."""
+"""Wall-clock timing for benchmarks: seconds of one call, with queued CUDA work counted, and the command line."""
 
 from __future__ import annotations
 
+import os
+import shlex
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,3 +21,17 @@ def seconds(fn: Callable[[], Any]) -> float:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.perf_counter() - start
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command that runs this script, as a benchmark result records it: ``python <script> <args>``.
+
+    The script's path is made relative to the working directory when it lies below it, so the
+    recorded command works from a checkout's root on any machine.
+    """
+    script, *args = sys.argv if argv is None else argv
+    path = os.path.abspath(script)
+    here = os.getcwd()
+    if path.startswith(here + os.sep):
+        path = os.path.relpath(path, here)
+    return shlex.join(["python", path, *args])
