@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from keel.core.report import replace_block
-from keel.core.testing.timing import command_line, seconds
+from keel.core.testing.timing import measured_on, run_facts, seconds
 from keel.diffusion.module import DiffusionModule
 from keel.diffusion.nn.unet import build_unet
 from keel.diffusion.sampling import make_scheduler, training_scheduler
@@ -83,12 +83,8 @@ def nuwa_parallel_vs_autoregressive(device: str, frames: int) -> dict:
 def markdown(result: dict) -> str:
     """The README table of one result of this benchmark."""
     sampling, nuwa = result["sampling"], result["nuwa_xl"]
-    where = result["device"]
-    if result.get("cpu_cores"):
-        where += f" ({result['cpu_cores']} cores, {result['threads']} torch thread(s)"
-        where += f", load average {result['load_average']:.1f})" if "load_average" in result else ")"
     return "\n".join([
-        f"Measured on {where} with torch {result['torch']} (`{result.get('command', 'nox -s bench -- diffusion')}`):",
+        measured_on(result, "nox -s bench -- diffusion"),
         "",
         "| | plain / autoregressive | keel / NUWA-XL parallel | ratio |",
         "|---|---:|---:|---:|",
@@ -116,7 +112,7 @@ def main() -> None:
     parser.add_argument("--readme", default=str(Path(__file__).parents[1] / "README.md"), help="'' leaves it alone")
     parser.add_argument("--render-only", metavar="JSON", help="only rewrite the README block from a saved result")
     args = parser.parse_args()
-    load_average = os.getloadavg()[0]  # other work on the machine when it started
+    facts = run_facts(args.device)  # before any work: the load average is the machine's other work
     if args.render_only:
         replace_block(Path(args.readme), markdown(json.loads(Path(args.render_only).read_text())), name="bench")
         return
@@ -131,11 +127,7 @@ def main() -> None:
           f"{nuwa['seconds_autoregressive']:.1f} s; time ratio {nuwa['ratio_seconds']:.3f}")  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {
-        "device": args.device, "torch": torch.__version__, "cpu_cores": os.cpu_count(),
-        "threads": torch.get_num_threads(), "load_average": load_average, "command": command_line(),
-        "sampling": sampling, "nuwa_xl": nuwa,
-    }  # fmt: skip
+    result = {**facts, "sampling": sampling, "nuwa_xl": nuwa}
     (out / "diffusion.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out / 'diffusion.json'}")
     if args.readme:

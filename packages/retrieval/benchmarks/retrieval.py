@@ -36,7 +36,7 @@ import torch
 
 from keel.core.distill.module import resolve_model_path
 from keel.core.report import replace_block
-from keel.core.testing.timing import command_line, seconds
+from keel.core.testing.timing import measured_on, run_facts, seconds
 from keel.retrieval.data.beir import read_queries
 from keel.retrieval.eval.encoders import MINILM, load_encoder
 from keel.retrieval.eval.index import build_index, search
@@ -131,12 +131,8 @@ def index_comparison(passages: np.ndarray, queries: np.ndarray, k: int, nprobes:
 def markdown(result: dict) -> str:
     """The README tables of one result of this benchmark."""
     encoding, index = result["encoding"], result["index"]
-    where = result["device"]
-    if result.get("cpu_cores"):
-        where += f" ({result['cpu_cores']} cores, {result['threads']} torch thread(s)"
-        where += f", load average {result['load_average']:.1f})" if "load_average" in result else ")"
     lines = [
-        f"Measured on {where} with torch {result['torch']} (`{result.get('command', 'nox -s bench -- retrieval')}`):",
+        measured_on(result, "nox -s bench -- retrieval"),
         "",
         f"| encoding {encoding['texts']:,} definitions (batch {encoding['batch_size']}, "
         f"{encoding['max_length']} tokens, median of {encoding['repeats']}) | texts/s |",
@@ -175,7 +171,7 @@ def main() -> None:
     parser.add_argument("--readme", default=str(Path(__file__).parents[1] / "README.md"), help="'' leaves it alone")
     parser.add_argument("--render-only", metavar="JSON", help="only rewrite the README block from a saved result")
     args = parser.parse_args()
-    load_average = os.getloadavg()[0]  # other work on the machine when it started
+    facts = run_facts(args.device)  # before any work: the load average is the machine's other work
     if args.render_only:
         replace_block(Path(args.readme), markdown(json.loads(Path(args.render_only).read_text())), name="bench")
         return
@@ -206,11 +202,7 @@ def main() -> None:
     for row in index["ivf"]["probes"]:
         print(f"    nprobe {row['nprobe']:>3}: {row['ms_per_query']:.3f} ms/query, "
               f"recall@10 vs flat {row['recall_at_k']:.3f}")  # fmt: skip
-    result = {
-        "device": args.device, "torch": torch.__version__, "cpu_cores": os.cpu_count(),
-        "threads": torch.get_num_threads(), "load_average": load_average, "command": command_line(),
-        "encoding": encoding, "index": index,
-    }  # fmt: skip
+    result = {**facts, "encoding": encoding, "index": index}
     (out / "retrieval.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out / 'retrieval.json'}")
     if args.readme:

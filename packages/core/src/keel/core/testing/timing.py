@@ -35,3 +35,20 @@ def command_line(argv: list[str] | None = None) -> str:
     if path.startswith(here + os.sep):
         path = os.path.relpath(path, here)
     return shlex.join(["python", path, *args])
+
+
+def run_facts(device: str) -> dict[str, Any]:
+    """What a benchmark result records about how it ran: device, torch, cores, threads, load, command."""
+    return {
+        "device": device, "torch": torch.__version__, "cpu_cores": os.cpu_count(),
+        "threads": torch.get_num_threads(), "load_average": os.getloadavg()[0], "command": command_line(),
+    }  # fmt: skip
+
+
+def measured_on(result: dict[str, Any], default_command: str) -> str:
+    """The README line that says where and how a result of :func:`run_facts` was measured."""
+    where = result["device"]
+    if result.get("cpu_cores"):
+        where += f" ({result['cpu_cores']} cores, {result['threads']} torch thread(s)"
+        where += f", load average {result['load_average']:.1f})" if "load_average" in result else ")"
+    return f"Measured on {where} with torch {result['torch']} (`{result.get('command', default_command)}`):"
