@@ -111,8 +111,9 @@ def test_baselines_are_kept_beside_the_data_and_tabled_in_the_readme(
 
     evaluation = importlib.import_module("keel.retrieval.eval.evaluate")  # the package exports its function
 
-    folder = tmp_path / "data" / "pydoc"  # a corpus name, so the command finds it instead of building it
+    folder = tmp_path / "data" / "pydoc"  # a corpus name; its manifest marks it built, so it is not rebuilt
     shutil.copytree(tiny_beir, folder)
+    (folder / "manifest.json").write_text('{"builder": "pydoc", "settings": {}}')
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- results:zeroshot:start -->\nold\n<!-- results:zeroshot:end -->\noutro\n")
     args = ["retrieval", "baselines", "--corpora", "pydoc", "--root", str(tmp_path / "data"), "--models", "bm25"]

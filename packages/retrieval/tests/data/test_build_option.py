@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import keel.retrieval.data.datamodule as datamodule
+import keel.retrieval.data.build as build
 from keel.core.errors import ConfigError, DataError
 from keel.retrieval.data import RetrievalDataModule
 
@@ -21,7 +21,7 @@ def test_missing_folder_is_built_once(tmp_path: Path, tiny_beir: Path, monkeypat
         (Path(out) / "manifest.json").write_text('{"builder": "manpages"}')
         return Path(out)
 
-    monkeypatch.setattr(datamodule, "build_corpus", fake_build)
+    monkeypatch.setattr(build, "build_corpus", fake_build)
     target = tmp_path / "built"
     data = RetrievalDataModule(str(target), "unused", build="manpages")
     data.prepare_data()

@@ -187,7 +187,8 @@ def evaluate(argv: list[str]) -> int:
 def baselines(argv: list[str]) -> int:
     """``baselines``: BM25 and zero-shot MiniLM on every corpus, kept per folder, tabled in a README."""
     from keel.core.report import replace_block
-    from keel.retrieval.eval.baselines import DEFAULT_MODELS, baseline_score, baselines_table, ensure_corpus
+    from keel.retrieval.data.build import ensure_corpus
+    from keel.retrieval.eval.baselines import DEFAULT_MODELS, baseline_score, baselines_table
 
     parser = _Parser(prog="keel retrieval baselines", description="Zero-shot baselines of the offline corpora.")
     parser.add_argument("--corpora", nargs="+", choices=CORPORA, default=list(CORPORA))
@@ -199,7 +200,7 @@ def baselines(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     scores = []
     for corpus in args.corpora:
-        folder = ensure_corpus(corpus, Path(args.root) / corpus)
+        folder = ensure_corpus(corpus, Path(args.root) / corpus)  # with the builder's defaults
         for model in args.models:
             score = baseline_score(corpus, folder, model, args.split, args.rescore)
             print(f"{corpus} {model}: {json.dumps({k: round(v, 4) for k, v in score.metrics.items()})}", flush=True)

@@ -35,7 +35,7 @@ from keel.retrieval.data.beir import (
     write_beir,
     write_training_pairs,
 )
-from keel.retrieval.data.build import CORPORA, assign_split, build_corpus, chunk_paragraphs
+from keel.retrieval.data.build import CORPORA, assign_split, build_corpus, chunk_paragraphs, ensure_corpus
 from keel.retrieval.data.datamodule import GroupCollator, GroupDataset, RetrievalDataModule, text_table
 from keel.retrieval.data.definitions import build_definitions, gcide_definition_pairs, webster_senses
 from keel.retrieval.data.manpages import build_manpages, read_pages
@@ -65,6 +65,7 @@ __all__ = [
     "build_manpages",
     "build_pydoc",
     "domain_wordpiece",
+    "ensure_corpus",
     "chunk_paragraphs",
     "gcide_definition_pairs",
     "group_pairs",

@@ -10,11 +10,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from keel.core.errors import ConfigError
-from keel.retrieval.data.beir import SPLITS, Passage, Qrels, Query, write_beir
+from keel.core.errors import ConfigError, DataError
+from keel.retrieval.data.beir import MANIFEST, SPLITS, Passage, Qrels, Query, write_beir
 
 # bump when a builder's output for the same input changes, so manifests tell old folders apart
 BUILD_FORMAT = 1
+#: Builder settings that say where the sources are read from; a folder built elsewhere may differ in them.
+SOURCE_SETTINGS = frozenset({"docs_dir", "man_dir", "dpkg_info", "wordnet_dir", "gcide_dir"})
 CORPORA = ("wordnet", "gcide", "pydoc", "manpages")
 
 
@@ -143,3 +145,33 @@ def build_corpus(name: str, out: str | os.PathLike[str], **settings: Any) -> Pat
     if builder is build_definitions:
         return build_definitions(out, [name], **settings)
     return builder(out, **settings)
+
+
+def ensure_corpus(name: str, out: str | os.PathLike[str], settings: Mapping[str, Any] | None = None) -> Path:
+    """``out`` holding corpus ``name`` built with ``settings``: built now when it is missing or unfinished.
+
+    The manifest is written last, so a folder without one is built (again). A folder with one is
+    used as it is, after checking it was made by the same builder with the same settings (those
+    naming where the sources were read from excepted).
+
+    Raises:
+        DataError: If the folder holds another corpus, or the same one built with other settings.
+    """
+    import json
+
+    root, settings = Path(out), dict(settings or {})
+    manifest = root / MANIFEST
+    if not manifest.is_file():
+        return build_corpus(name, root, **settings)
+    recorded = json.loads(manifest.read_text(encoding="utf-8"))
+    made_by = recorded.get("builder")
+    if made_by != name:
+        raise DataError(f"{root} holds the {made_by} corpus, not {name}; pick another data_dir")
+    built_with = recorded.get("settings", {})
+    # JSON has lists where a config may have tuples
+    differ = {
+        k: v for k, v in settings.items() if k not in SOURCE_SETTINGS and json.loads(json.dumps(v)) != built_with.get(k)
+    }
+    if differ:
+        raise DataError(f"{root} was built with other settings than {differ}; pick another data_dir")
+    return root

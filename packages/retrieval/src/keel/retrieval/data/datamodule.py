@@ -9,11 +9,9 @@ the batch is masked by the loss instead of acting as a negative.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -24,7 +22,6 @@ from keel.core.data.sampling import resumable_loader
 from keel.core.distill.data import encode, pad, teacher_tokenizer
 from keel.core.errors import ConfigError, DataError
 from keel.retrieval.data.beir import (
-    MANIFEST,
     BeirData,
     PairBuilder,
     TrainingPair,
@@ -33,10 +30,9 @@ from keel.retrieval.data.beir import (
     read_beir,
     read_training_pairs,
 )
-from keel.retrieval.data.build import CORPORA, build_corpus
+from keel.retrieval.data.build import CORPORA, ensure_corpus
 
 #: Builder arguments that say where the source files are, not what is built (manifests omit them).
-SOURCE_SETTINGS = frozenset({"docs_dir", "man_dir", "dpkg_info", "wordnet_dir", "gcide_dir"})
 
 
 @dataclass(frozen=True)
@@ -245,25 +241,8 @@ class RetrievalDataModule(L.LightningDataModule):
         Raises:
             DataError: If the folder holds a corpus made by another builder.
         """
-        if self.build is None:
-            return
-        manifest = Path(self.data_dir) / MANIFEST
-        if not manifest.is_file():  # written last, so its absence means "not built" or "interrupted"
-            build_corpus(self.build, self.data_dir, **self.build_settings)
-            return
-        recorded = json.loads(manifest.read_text(encoding="utf-8"))
-        made_by = recorded.get("builder")
-        if made_by != self.build:
-            raise DataError(f"{self.data_dir} holds the {made_by} corpus, not {self.build}; pick another data_dir")
-        built_with = recorded.get("settings", {})
-        # JSON has lists where a config may have tuples; where the sources are read from is not recorded
-        differ = {
-            k: v
-            for k, v in self.build_settings.items()
-            if k not in SOURCE_SETTINGS and json.loads(json.dumps(v)) != built_with.get(k)
-        }
-        if differ:
-            raise DataError(f"{self.data_dir} was built with other settings than {differ}; pick another data_dir")
+        if self.build is not None:
+            ensure_corpus(self.build, self.data_dir, self.build_settings)
 
     def setup(self, stage: str | None = None) -> None:
         """Read the folder, build the passage table and the groups of every split."""

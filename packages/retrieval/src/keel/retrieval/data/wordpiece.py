@@ -81,13 +81,13 @@ def domain_wordpiece(
     """
     from keel.core.distill.module import resolve_model_path
     from keel.retrieval.data.beir import read_corpus
-    from keel.retrieval.data.build import build_corpus
+    from keel.retrieval.data.build import ensure_corpus
 
     if vocab_size < 100:
         raise ConfigError(f"vocab_size must be at least 100, got {vocab_size}")
     root = Path(data_dir)
-    if build is not None and not (root / "corpus.jsonl").is_file():
-        build_corpus(build, root, **dict(build_settings or {}))
+    if build is not None:
+        ensure_corpus(build, root, build_settings)
     corpus = read_corpus(root / "corpus.jsonl")
     folder = root / f"wordpiece-{vocab_size}"
     settings = {"vocab_size": vocab_size, "min_frequency": min_frequency, "template": template,

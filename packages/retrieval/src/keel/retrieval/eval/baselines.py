@@ -87,12 +87,3 @@ def baselines_table(scores: Sequence[BaselineScore]) -> str:
             f"| {s.corpus} | {s.passages:,} | {s.queries:,} | {model_name(s.model)} | {values} | {s.seconds / 60:.1f} |"
         )
     return "\n".join(lines)
-
-
-def ensure_corpus(corpus: str, folder: Path) -> Path:
-    """``folder``, built with the corpus's default settings when it holds no corpus yet."""
-    from keel.retrieval.data.build import build_corpus
-
-    if not (folder / "corpus.jsonl").is_file():
-        build_corpus(corpus, folder)
-    return folder
