@@ -118,9 +118,11 @@ def test_baselines_are_kept_beside_the_data_and_tabled_in_the_readme(
     readme.write_text("intro\n<!-- results:zeroshot:start -->\nold\n<!-- results:zeroshot:end -->\noutro\n")
     args = ["retrieval", "baselines", "--corpora", "pydoc", "--root", str(tmp_path / "data"), "--models", "bm25"]
     assert main([*args, "--readme", str(readme)]) == 0
-    kept = json.loads((folder / "baselines" / "bm25-test.json").read_text())
+    kept_file = folder / "baselines" / "bm25-test.json"
+    kept = json.loads(kept_file.read_text())
     expected = evaluate("bm25", str(folder), "test")
     assert kept["metrics"] == expected.metrics
+    assert kept["facts"]["cpu_cores"] == os.cpu_count(), "the machine is recorded when scoring, not when rendering"
     text = readme.read_text()
     assert "old" not in text
     assert text.startswith("intro\n")
@@ -137,3 +139,5 @@ def test_baselines_are_kept_beside_the_data_and_tabled_in_the_readme(
     capsys.readouterr()
     assert main([*args, "--rescore"]) != 0
     assert "computed again" in capsys.readouterr().err
+    kept_file.write_text(json.dumps({k: v for k, v in kept.items() if k != "facts"}))  # an older format
+    assert main(args) != 0, "a kept score of another format is scored again"

@@ -12,11 +12,11 @@ typed by hand.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from keel.retrieval.eval.encoders import MINILM
 
@@ -36,7 +36,7 @@ class BaselineScore:
     queries: int
     passages: int
     seconds: float
-    threads: int
+    facts: dict[str, Any]  # keel.core.testing.timing.run_facts when it was scored: cores, threads, load
 
 
 def score_file(folder: Path, model: str, split: str) -> Path:
@@ -46,20 +46,24 @@ def score_file(folder: Path, model: str, split: str) -> Path:
 
 
 def baseline_score(corpus: str, folder: Path, model: str, split: str = "test", rescore: bool = False) -> BaselineScore:
-    """The kept score of ``model`` on ``folder``, computed (and kept) when there is none or on ``rescore``."""
-    import torch
+    """The kept score of ``model`` on ``folder``, computed (and kept) when there is none or on ``rescore``.
 
+    A kept file of another format (an older keel's) is scored again.
+    """
+    from keel.core.testing.timing import run_facts
     from keel.retrieval.eval.evaluate import evaluate
 
     path = score_file(folder, model, split)
     if path.is_file() and not rescore:
-        return BaselineScore(**json.loads(path.read_text()))
+        kept = json.loads(path.read_text())
+        if set(kept) == {f.name for f in fields(BaselineScore)}:
+            return BaselineScore(**kept)
+    facts = run_facts("cpu")  # before scoring: the load average is the machine's other work
     start = time.perf_counter()
     result = evaluate(model, str(folder), split)
     score = BaselineScore(
-        corpus, model, split, result.metrics, result.queries, result.passages, time.perf_counter() - start,
-        torch.get_num_threads(),
-    )  # fmt: skip
+        corpus, model, split, result.metrics, result.queries, result.passages, time.perf_counter() - start, facts
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(asdict(score), indent=2) + "\n")
     return score
@@ -72,11 +76,15 @@ def model_name(model: str) -> str:
 
 def baselines_table(scores: Sequence[BaselineScore]) -> str:
     """The Markdown table of ``scores``, one row per (corpus, model), with how long each took."""
-    cores = os.cpu_count()
-    threads = sorted({s.threads for s in scores})
+
+    def spread(key: str) -> str:
+        values = sorted({s.facts[key] for s in scores})
+        return "/".join(map(str, values))
+
+    loads = [s.facts["load_average"] for s in scores]
     lines = [
-        f"Produced by `keel retrieval baselines` ({scores[0].split} split; CPU, {cores} cores, "
-        f"{'/'.join(map(str, threads))} torch thread(s)):",
+        f"Produced by `keel retrieval baselines` ({scores[0].split} split) on CPU: {spread('cpu_cores')} cores, "
+        f"{spread('threads')} torch thread(s), load average {min(loads):.1f} to {max(loads):.1f} when scoring:",
         "",
         "| corpus | passages | queries | model | " + " | ".join(METRICS) + " | minutes |",
         "|---|---:|---:|---|" + "---:|" * (len(METRICS) + 1),
