@@ -112,10 +112,10 @@ def main() -> None:
     parser.add_argument("--readme", default=str(Path(__file__).parents[1] / "README.md"), help="'' leaves it alone")
     parser.add_argument("--render-only", metavar="JSON", help="only rewrite the README block from a saved result")
     args = parser.parse_args()
-    facts = run_facts(args.device)  # before any work: the load average is the machine's other work
     if args.render_only:
         replace_block(Path(args.readme), markdown(json.loads(Path(args.render_only).read_text())), name="bench")
         return
+    facts = run_facts(args.device)  # before any work: the load average is the machine's other work
     sampling = sampling_overhead(args.device, args.steps, args.repeats, args.batch, args.size)
     print(f"sampling {args.batch} images of {args.size}x{args.size}, DDIM {args.steps} steps on {args.device}:")
     print(f"  plain diffusers loop {sampling['plain_seconds']:.3f} s, keel DiffusionModule.sample "

@@ -171,10 +171,10 @@ def main() -> None:
     parser.add_argument("--readme", default=str(Path(__file__).parents[1] / "README.md"), help="'' leaves it alone")
     parser.add_argument("--render-only", metavar="JSON", help="only rewrite the README block from a saved result")
     args = parser.parse_args()
-    facts = run_facts(args.device)  # before any work: the load average is the machine's other work
     if args.render_only:
         replace_block(Path(args.readme), markdown(json.loads(Path(args.render_only).read_text())), name="bench")
         return
+    facts = run_facts(args.device)  # before any work: the load average is the machine's other work
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_grad_enabled(False)
