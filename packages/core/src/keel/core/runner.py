@@ -207,7 +207,22 @@ def fit(cfg: DictConfig, run_dir: Path, **trainer_overrides: Any) -> RunResult:
             "seconds": time.perf_counter() - started,
         }
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _leave_process_group()
     return result
+
+
+def _leave_process_group() -> None:
+    """Let every rank finish before any leaves, then close the process group.
+
+    A rank that exits while gloo still holds its peer's connection aborts that peer ("terminate
+    called without an active exception"), which fails a torchrun job that trained correctly: rank 1
+    is done as soon as fit returns, while rank 0 still writes the summary.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def run(spec: str, overrides: list[str] | None = None, tiny: bool = False, **trainer_overrides: Any) -> RunResult:
