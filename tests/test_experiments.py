@@ -10,7 +10,8 @@ import yaml
 
 from keel.core.cli import main
 from keel.core.config import find_experiment, list_experiments, load_config
-from keel.core.instantiate import validate
+from keel.core.instantiate import check_node, validate
+from keel.core.sweep import expand, load_sweep, profile_of
 from keel.core.trainer import DEEPSPEED_PRESETS, deepspeed_strategy, load_deepspeed_config
 
 ROOT = Path(__file__).resolve().parents[1] / "experiments"
@@ -55,6 +56,26 @@ def test_tiny_config_runs_on_cpu(name: str, tmp_path: Path) -> None:
     validate(cfg)
     assert cfg.trainer.accelerator == "cpu"
     assert not str(cfg.trainer.strategy).startswith("deepspeed")
+
+
+SWEEPS = [name for name in EXPERIMENTS if (ROOT / name / "sweep.yaml").is_file()]
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_every_sweep_profile_and_arm_composes(name: str) -> None:
+    # a profile is only run by hand (for hours), so a key it misspells must fail here, not there
+    experiment = find_experiment(name, ROOT)
+    spec = load_sweep(experiment)
+    for profile_name in [None, "tiny", *(spec.get("profiles") or {})]:
+        profile = profile_of(spec, profile_name)
+        for run in expand(spec, profile, []):
+            where = f"{name} profile {profile_name} arm {run.arm}"
+            try:
+                validate(load_config(experiment, run.overrides, tiny=bool(profile.get("tiny"))))
+            except Exception as err:
+                raise AssertionError(f"{where}: {err}") from err
+        if spec.get("analysis"):
+            check_node(f"{name} analysis", {**spec["analysis"], **(profile.get("analysis") or {}), "_partial_": True})
 
 
 @pytest.mark.timeout(900)  # the quickstart's tiny run trains for about two minutes by design

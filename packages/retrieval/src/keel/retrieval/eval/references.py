@@ -26,7 +26,7 @@ from keel.retrieval.eval.bm25 import BM25
 from keel.retrieval.eval.encoders import MINILM, load_encoder
 from keel.retrieval.eval.metrics import evaluate_run, run_from_search
 from keel.retrieval.eval.pool import POOL_METRICS, judged_pool, pool_ranking
-from keel.retrieval.eval.report import arm_comparison
+from keel.retrieval.eval.report import arm_comparison, results_stem
 
 DEFAULT_REFERENCES = ("bm25", MINILM)
 
@@ -99,6 +99,7 @@ def arm_comparison_with_references(
     split: str = "test",
     metrics: Sequence[str] = ("pool_mrr@10", "pool_ndcg@10", "pool_recall@100"),
     tiny: bool = False,
+    block: str | None = None,
     **comparison: Any,
 ) -> str:
     """Write :func:`~keel.retrieval.eval.report.arm_comparison`'s block with the reference systems below it.
@@ -114,13 +115,14 @@ def arm_comparison_with_references(
         split: The split the runs ranked (their ``test/pool_*``).
         metrics: The metrics shown, as the runs log them.
         tiny: Whether this was the CI smoke test.
+        block: The README block (and ``results-BLOCK.*`` files) to write; ``None``: the main one.
         **comparison: Further arguments of ``arm_comparison`` (``comparisons``, ``metric``, ``paper``).
 
     Returns:
         The Markdown written.
     """
     text = arm_comparison(
-        records, experiment_dir, sweep_dir, command, baseline_arm, metrics=metrics, tiny=tiny, **comparison
+        records, experiment_dir, sweep_dir, command, baseline_arm, metrics=metrics, tiny=tiny, block=block, **comparison
     )
     resolved = yaml.safe_load((Path(records[0].run_dir) / "resolved.yaml").read_text(encoding="utf-8"))
     data_dir = str(_lookup(resolved, data_dir_key))
@@ -139,8 +141,8 @@ def arm_comparison_with_references(
         lines.append(f"| {shown} | " + " | ".join(f"{values.get(m, float('nan')):.4f}" for m in metrics) + " |")
     lines += ["", *reference_verdicts(records, scored, comparison.get("metric", metrics[0]))]
     text = text + "\n" + "\n".join(lines)
-    replace_block(experiment_dir / "README.md", text)
-    results = experiment_dir / "results.json"
+    replace_block(experiment_dir / "README.md", text, name=block)
+    results = experiment_dir / f"{results_stem(block)}.json"
     summary = json.loads(results.read_text(encoding="utf-8")) if results.is_file() else {}
     summary["references"] = {"data_dir": data_dir, "split": split, "systems": scored}
     results.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -73,6 +73,11 @@ def plot_arms(summary: dict[str, Any], metric: str, out: Path, title: str) -> Pa
     return out
 
 
+def results_stem(block: str | None) -> str:
+    """The file stem of a results block's figure and JSON: ``results`` or ``results-BLOCK``."""
+    return "results" if block is None else f"results-{block}"
+
+
 def arm_comparison(
     records: Sequence[RunRecord],
     experiment_dir: Path,
@@ -85,6 +90,7 @@ def arm_comparison(
     metrics: Sequence[str] = ("pool_mrr@10", "pool_ndcg@10", "pool_recall@100"),
     tiny: bool = False,
     paper: str = "",
+    block: str | None = None,
 ) -> str:
     """Write the README block comparing every arm with the baseline arm on the test split.
 
@@ -100,6 +106,9 @@ def arm_comparison(
         metrics: Every metric shown.
         tiny: Whether this was the CI smoke test.
         paper: The paper's claim, quoted in the README.
+        block: The README block to write (``<!-- results:BLOCK:start -->``; ``None``: the main
+            ``results`` block), so each sweep profile (another corpus) keeps its own table; its figure
+            and JSON are then ``results-BLOCK.png`` and ``results-BLOCK.json``.
 
     Returns:
         The Markdown written.
@@ -148,18 +157,20 @@ def arm_comparison(
         if arm not in (baseline_arm, reference_arm)
     ]
     verdicts += [compare(a, scores[a], b, scores[b], metric) for a, b in comparisons if a in scores and b in scores]
-    plot_arms(summary, metric, experiment_dir / "results.png", f"{experiment_dir.name}: test {metric} per arm")
+    stem = results_stem(block)
+    title = f"{experiment_dir.name}{'' if block is None else f' ({block})'}: test {metric} per arm"
+    plot_arms(summary, metric, experiment_dir / f"{stem}.png", title)
     seeds = sorted({r.seed for r in records})
     scale = "; tiny (CI) scale: a smoke test, not a measurement" if tiny else ""
     body = [f"Produced by `{command}` ({len(records)} runs, seeds {seeds}{scale}; sweep `{sweep_dir.name}`)."]
     if paper:
         body += ["", f"Paper: {paper}"]
-    body += ["", *lines, "", "Verdict:", "", *verdicts, "", f"![test {metric} per arm](results.png)"]
+    body += ["", *lines, "", "Verdict:", "", *verdicts, "", f"![test {metric} per arm]({stem}.png)"]
     text = "\n".join(body)
-    replace_block(experiment_dir / "README.md", text)
+    replace_block(experiment_dir / "README.md", text, name=block)
     summary["verdicts"] = verdicts
     summary["headline"] = f"test {metric}: " + ", ".join(
         f"{arm} {summary['arms'][arm]['test']['mean']:.3f}" for arm in runs
     )
-    (experiment_dir / "results.json").write_text(json.dumps({"command": command, **summary}, indent=2) + "\n")
+    (experiment_dir / f"{stem}.json").write_text(json.dumps({"command": command, **summary}, indent=2) + "\n")
     return text
