@@ -16,6 +16,7 @@ import torch
 
 from keel.core.cli import main
 from keel.retrieval.biencoder import BiEncoderModule
+from keel.retrieval.data.build import BUILD_FORMATS
 from keel.retrieval.eval import evaluate
 from keel.retrieval.nn import biencoder_from_pretrained
 
@@ -113,7 +114,8 @@ def test_baselines_are_kept_beside_the_data_and_tabled_in_the_readme(
 
     folder = tmp_path / "data" / "pydoc"  # a corpus name; its manifest marks it built, so it is not rebuilt
     shutil.copytree(tiny_beir, folder)
-    (folder / "manifest.json").write_text('{"builder": "pydoc", "settings": {}}')
+    manifest = {"builder": "pydoc", "format": BUILD_FORMATS["pydoc"], "settings": {}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- results:zeroshot:start -->\nold\n<!-- results:zeroshot:end -->\noutro\n")
     args = ["retrieval", "baselines", "--corpora", "pydoc", "--root", str(tmp_path / "data"), "--models", "bm25"]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from keel.core.data.corpora import SourceUnavailable
 from keel.core.errors import ConfigError
-from keel.retrieval.data import build_pydoc, parse_page, read_beir
+from keel.retrieval.data import build_pydoc, ensure_corpus, parse_page, read_beir, read_pages
+from keel.retrieval.data.pydoc import link_target
+from keel.retrieval.ict_bfs_wlp import BodyFirstSelection, PageGraph, WikiLinkPrediction
 
 LIBRARY_PAGE = """<html><body><div class="sphinxsidebar">Navigation that is not content</div>
 <div class="body" role="main">
@@ -30,13 +33,16 @@ put(2)</pre></div>
 <dt class="sig sig-object py" id="shelf.Shelf.clear">clear()</dt>
 <dd><p>Remove every item from the shelf at once.</p></dd></dl>
 </dd></dl>
-<section id="notes"><h2>Notes</h2><p>Shelves are not thread safe.</p></section>
+<section id="notes"><h2>Notes</h2>
+<p>Shelves are not <a class="reference internal" href="#shelf.put">thread</a> safe.</p></section>
 </section>
 </div></body></html>"""
 
 FAQ_PAGE = """<html><body><div role="main"><section id="general-faq"><h1>General FAQ</h1>
 <section id="why-is-it-slow"><h2>Why is the shelf so slow to fill?</h2>
-<p>Because every item is checked twice before it is stored on it.</p></section>
+<p>Because every item is <a class="reference internal" href="../library/shelf.html#shelf.put">checked</a> twice
+before it is <a class="reference internal" href="../whatsnew/3.11.html">stored</a> on
+<a class="reference external" href="https://example.org/shelf.html">it</a>.</p></section>
 <section id="history"><h2>History of shelves</h2><p>Shelves are old.</p></section>
 </section></div></body></html>"""
 
@@ -86,6 +92,68 @@ def test_build_queries_and_passages(tmp_path: Path, capsys: pytest.CaptureFixtur
     for qid, query in data.queries.items():
         for pid in data.qrels["train"][qid]:
             assert query.text not in data.corpus[pid].full_text, "a query is never a substring of its passage"
+
+
+def test_page_records_and_cross_reference_links(tmp_path: Path) -> None:
+    out = build_pydoc(tmp_path / "beir", docs_dir=str(docs_folder(tmp_path / "docs")), dev_fraction=0, test_fraction=0)
+    pages = {r["page"]: r for r in read_pages(out)}
+    assert set(pages) == {"index", "library/shelf", "faq/general"}
+    shelf = pages["library/shelf"]
+    assert shelf["passages"] == {
+        "module-shelf": ["library/shelf#module-shelf:0"],
+        "notes": ["library/shelf#notes:0"],
+        "API": ["library/shelf#shelf.put", "library/shelf#shelf.Shelf", "library/shelf#shelf.Shelf.clear"],
+    }
+    recorded = [pid for record in pages.values() for ids in record["passages"].values() for pid in ids]
+    assert sorted(recorded) == sorted(read_beir(out).corpus), "every passage belongs to one page, once"
+    # the FAQ's link to the shelf page counts; a same-page anchor, an excluded page and the web do not
+    assert (out / "links.tsv").read_text() == "source\ttarget\nfaq/general\tlibrary/shelf\n"
+    assert shelf["links"] == []
+    assert pages["faq/general"]["links"] == ["library/shelf"]
+
+
+def test_link_target() -> None:
+    assert link_target("library/os.path", "os.html#os.stat") == "library/os"
+    assert link_target("library/os.path", "../tutorial/index.html") == "tutorial/index"
+    assert link_target("library/os.path", "#os.path.join") is None
+    assert link_target("library/os.path", "os.path.html#os.path.join") is None, "the same page"
+    assert link_target("index", "https://docs.python.org/3/") is None
+    assert link_target("index", "../elsewhere.html") is None, "outside the documentation"
+
+
+def test_linked_page_tasks_read_a_pydoc_folder(tmp_path: Path) -> None:
+    out = build_pydoc(tmp_path / "beir", docs_dir=str(docs_folder(tmp_path / "docs")), dev_fraction=0, test_fraction=0)
+    data = read_beir(out)
+    graph = PageGraph.read(out)
+    assert graph.first_section("library/shelf") == ["library/shelf#module-shelf:0"], "the introduction"
+    assert graph.first_section("faq/general") == ["faq/general#why-is-it-slow:0"], "the first section with prose"
+    assert graph.links == [("faq/general", "library/shelf")]
+    bfs = set(BodyFirstSelection(seed=0, pairs_per_page=10, min_words=4)(data))
+    assert ("This module keeps things on a shelf.", "library/shelf#notes:0") in bfs
+    assert all(pid.startswith("library/shelf#") for query, pid in bfs if query.startswith("This module"))
+    assert not any(pid == "library/shelf#module-shelf:0" for _, pid in bfs), "never the passage holding the query"
+    # the shelf page is cited by the FAQ page, so its lead is answered by a passage of the FAQ
+    wlp = set(WikiLinkPrediction(seed=0, direction="in", pairs_per_link=10)(data))
+    assert wlp
+    assert {query for query, _ in wlp} == {"This module keeps things on a shelf."}
+    assert {pid.split("#")[0] for _, pid in wlp} == {"faq/general"}
+
+
+def test_a_folder_of_an_older_format_is_built_again(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    docs = str(docs_folder(tmp_path / "docs"))
+    out = build_pydoc(tmp_path / "beir", docs_dir=docs, dev_fraction=0, test_fraction=0)
+    corpus = (out / "corpus.jsonl").read_text()
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**manifest, "format": 1}))  # before page records
+    (out / "pages.jsonl").unlink()
+    settings = {"docs_dir": docs, "dev_fraction": 0, "test_fraction": 0}
+    ensure_corpus("pydoc", out, settings)
+    assert "older pydoc builder; building it again" in capsys.readouterr().out
+    assert (out / "pages.jsonl").is_file()
+    assert (out / "corpus.jsonl").read_text() == corpus
+    assert json.loads((out / "manifest.json").read_text())["format"] == manifest["format"] > 1
+    ensure_corpus("pydoc", out, settings)
+    assert "building it again" not in capsys.readouterr().out, "a current folder is used as it is"
 
 
 def test_splits_by_page_and_options(tmp_path: Path) -> None:

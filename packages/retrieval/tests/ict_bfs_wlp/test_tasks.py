@@ -15,7 +15,7 @@ from keel.retrieval.ict_bfs_wlp import (
     BodyFirstSelection,
     InverseCloze,
     LabelledFraction,
-    ManPageGraph,
+    PageGraph,
     TaskMixture,
     WikiLinkPrediction,
     is_query_sentence,
@@ -138,7 +138,7 @@ def test_boilerplate_is_never_a_query() -> None:
 
 
 def test_first_section_skips_the_synopsis(man_folder: Path) -> None:
-    graph = ManPageGraph.read(man_folder)
+    graph = PageGraph.read(man_folder)
     assert graph.first_section("alpha.7") == [passage_id("alpha.7", "DESCRIPTION", k) for k in range(2)]
     assert graph.links == LINKS
 

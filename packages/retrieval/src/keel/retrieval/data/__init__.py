@@ -35,10 +35,18 @@ from keel.retrieval.data.beir import (
     write_beir,
     write_training_pairs,
 )
-from keel.retrieval.data.build import CORPORA, assign_split, build_corpus, chunk_paragraphs, ensure_corpus
+from keel.retrieval.data.build import (
+    CORPORA,
+    assign_split,
+    build_corpus,
+    chunk_paragraphs,
+    ensure_corpus,
+    read_pages,
+    write_page_graph,
+)
 from keel.retrieval.data.datamodule import GroupCollator, GroupDataset, RetrievalDataModule, text_table
 from keel.retrieval.data.definitions import build_definitions, gcide_definition_pairs, webster_senses
-from keel.retrieval.data.manpages import build_manpages, read_pages
+from keel.retrieval.data.manpages import build_manpages
 from keel.retrieval.data.pydoc import build_pydoc, parse_page
 from keel.retrieval.data.troff import parse_man
 from keel.retrieval.data.wordpiece import domain_wordpiece, train_wordpiece
@@ -82,5 +90,6 @@ __all__ = [
     "train_wordpiece",
     "webster_senses",
     "write_beir",
+    "write_page_graph",
     "write_training_pairs",
 ]

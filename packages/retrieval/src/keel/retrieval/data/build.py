@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from keel.core.data.tokenizer import write_text_atomic
 from keel.core.errors import ConfigError, DataError
 from keel.retrieval.data.beir import MANIFEST, SPLITS, Passage, Qrels, Query, write_beir
 
-# bump when a builder's output for the same input changes, so manifests tell old folders apart
-BUILD_FORMAT = 1
+#: Each builder's output format, recorded in its manifests: bumped when the builder's output for the
+#: same input changes, so that :func:`ensure_corpus` builds an older folder again (pydoc 2: the page
+#: records and links of the linked-page pre-training tasks).
+BUILD_FORMATS = {"wordnet": 1, "gcide": 1, "pydoc": 2, "manpages": 1}
+#: The page records and page links that corpora with pages write beside their BEIR files.
+PAGES_FILE, LINKS_FILE = "pages.jsonl", "links.tsv"
 #: Builder settings that say where the sources are read from; a folder built elsewhere may differ in them.
 SOURCE_SETTINGS = frozenset({"docs_dir", "man_dir", "dpkg_info", "wordnet_dir", "gcide_dir"})
 CORPORA = ("wordnet", "gcide", "pydoc", "manpages")
@@ -76,6 +82,35 @@ def chunk_paragraphs(paragraphs: Iterable[str], max_words: int) -> Iterator[str]
         yield "\n".join(current)
 
 
+def write_page_graph(root: Path, records: Sequence[Mapping[str, Any]], links: Iterable[tuple[str, str]]) -> None:
+    """Write ``pages.jsonl`` (one record per page) and ``links.tsv`` (``source``, ``target`` page keys).
+
+    A record holds at least ``page`` (its key), ``title``, ``split`` and ``passages`` (section ->
+    passage ids, in page order); the linked-page pre-training tasks read them
+    (:class:`keel.retrieval.ict_bfs_wlp.PageGraph`).
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(root / PAGES_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_text_atomic(root / LINKS_FILE, "source\ttarget\n" + "".join(f"{s}\t{t}\n" for s, t in links))
+
+
+def read_pages(folder: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """The page records (``pages.jsonl``) of a built corpus folder with pages (manpages, pydoc).
+
+    Raises:
+        DataError: If the folder has none.
+    """
+    path = Path(folder) / PAGES_FILE
+    if not path.is_file():
+        raise DataError(
+            f"{path}: missing; the manpages and pydoc builders write it (keel retrieval build-corpus manpages|pydoc)"
+        )
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                yield json.loads(line)
+
+
 def write_corpus_folder(
     out: str | os.PathLike[str],
     name: str,
@@ -104,7 +139,7 @@ def write_corpus_folder(
         "qrels": {split: sum(len(j) for j in qrels.get(split, {}).values()) for split in SPLITS},
         **(extra_counts or {}),
     }
-    manifest = {"builder": name, "format": BUILD_FORMAT, "settings": dict(settings), "counts": counts}
+    manifest = {"builder": name, "format": BUILD_FORMATS.get(name, 1), "settings": dict(settings), "counts": counts}
     root = write_beir(out, corpus, queries, {split: qrels.get(split, {}) for split in SPLITS}, manifest)
     q, r = counts["queries"], counts["qrels"]
     extra = "".join(f", {k} {v:,}" for k, v in (extra_counts or {}).items())
@@ -150,15 +185,15 @@ def build_corpus(name: str, out: str | os.PathLike[str], **settings: Any) -> Pat
 def ensure_corpus(name: str, out: str | os.PathLike[str], settings: Mapping[str, Any] | None = None) -> Path:
     """``out`` holding corpus ``name`` built with ``settings``: built now when it is missing or unfinished.
 
-    The manifest is written last, so a folder without one is built (again). A folder with one is
-    used as it is, after checking it was made by the same builder with the same settings (those
-    naming where the sources were read from excepted).
+    The manifest is written last, so a folder without one is built (again), and so is one an older
+    format of the builder wrote (:data:`BUILD_FORMATS`; the same passages, queries and splits, and
+    what the newer format adds). A folder with a current manifest is used as it is, after checking it
+    was made by the same builder with the same settings (those naming where the sources were read
+    from excepted).
 
     Raises:
         DataError: If the folder holds another corpus, or the same one built with other settings.
     """
-    import json
-
     root, settings = Path(out), dict(settings or {})
     manifest = root / MANIFEST
     if not manifest.is_file():
@@ -174,4 +209,9 @@ def ensure_corpus(name: str, out: str | os.PathLike[str], settings: Mapping[str,
     }
     if differ:
         raise DataError(f"{root} was built with other settings than {differ}; pick another data_dir")
+    if recorded.get("format", 1) < BUILD_FORMATS.get(name, 1):
+        print(f"data: {root} was written by an older {name} builder; building it again", flush=True)
+        # with the settings it was built with (a dictionary's "sources" is the corpus name itself)
+        kept = {k: v for k, v in built_with.items() if k != "sources"}
+        return build_corpus(name, root, **{**kept, **settings})
     return root

@@ -26,17 +26,21 @@ so the corpus does not depend on what else a machine has installed.
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from keel.core.data.corpora import SourceUnavailable
-from keel.core.data.tokenizer import write_text_atomic
 from keel.retrieval.data.beir import MANIFEST, Passage, Query
-from keel.retrieval.data.build import assign_split, check_fractions, chunk_paragraphs, write_corpus_folder
+from keel.retrieval.data.build import (
+    assign_split,
+    check_fractions,
+    chunk_paragraphs,
+    write_corpus_folder,
+    write_page_graph,
+)
 from keel.retrieval.data.troff import ManPage, inline, parse_man
 
 DEFAULT_PACKAGES = ("manpages", "manpages-dev")
@@ -224,18 +228,6 @@ def build_manpages(
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     (root / MANIFEST).unlink(missing_ok=True)  # the manifest, written last, marks a complete folder
-    write_text_atomic(root / "pages.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    write_text_atomic(root / "links.tsv", "source\ttarget\n" + "".join(f"{s}\t{t}\n" for s, t in links))
+    write_page_graph(root, records, links)
     counts = {"pages": len(pages), "links": len(links)}
     return write_corpus_folder(root, "manpages", corpus, queries, qrels, settings, counts)
-
-
-def read_pages(folder: str | os.PathLike[str]) -> Iterator[dict]:
-    """The page records (``pages.jsonl``) of a built man-page folder."""
-    path = Path(folder) / "pages.jsonl"
-    if not path.is_file():
-        raise SourceUnavailable(f"{path}: not a man-page corpus (build it with keel retrieval build-corpus manpages)")
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                yield json.loads(line)

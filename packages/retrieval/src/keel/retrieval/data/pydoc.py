@@ -21,6 +21,16 @@ Two kinds of queries, both written by the documentation's authors rather than ge
 Splits are by page for ``summary`` queries (a test page's API is unseen in training, and sibling
 entries of one page, which often share phrasing, stay together) and by question for ``faq``.
 The ``whatsnew/`` pages (release notes and the changelog) and index pages are left out.
+
+Like the man-page corpus, the folder also holds what the linked-page pre-training tasks of Chang et
+al. (2020) read (:func:`keel.retrieval.data.build.write_page_graph`):
+
+* ``pages.jsonl``: one line per page: ``page`` (``library/os.path``), ``title``, ``split`` (the
+  page's split; an FAQ page's questions are split one by one), ``passages`` (each section's prose
+  passages by section id, in page order, then the page's API entries under ``API``) and ``links``;
+* ``links.tsv``: ``source`` -> ``target`` for every cross-reference of a page's main text
+  (``<a class="reference internal">``) to another page of the corpus, the documentation's
+  hyperlinks, as Wikipedia's are the paper's.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import gzip
 import hashlib
 import html.parser
 import os
+import posixpath
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,10 +47,18 @@ from pathlib import Path
 
 from keel.core.data.corpora import SourceUnavailable
 from keel.core.errors import ConfigError
-from keel.retrieval.data.beir import Passage, Qrels, Query
-from keel.retrieval.data.build import assign_split, check_fractions, chunk_paragraphs, write_corpus_folder
+from keel.retrieval.data.beir import MANIFEST, Passage, Qrels, Query
+from keel.retrieval.data.build import (
+    assign_split,
+    check_fractions,
+    chunk_paragraphs,
+    write_corpus_folder,
+    write_page_graph,
+)
 
 QUERY_KINDS = ("summary", "faq")
+#: The ``pages.jsonl`` key of a page's API entries (after its sections).
+API_SECTION = "API"
 _SKIP_PAGES = re.compile(r"^(genindex.*|search|py-modindex|contents)\.html(\.gz)?$")
 _SKIP_FOLDERS = ("whatsnew",)
 _BLOCK = frozenset({"p", "div", "pre", "li", "dt", "dd", "table", "tr", "blockquote", "caption", "ul", "ol"})
@@ -95,12 +114,18 @@ def _paragraphs(parts: list[str]) -> list[str]:
 
 @dataclass
 class Page:
-    """A documentation page: its title, sections and API entries in document order."""
+    """A documentation page: its title, sections and API entries in document order, and its links.
+
+    Attributes:
+        links: The ``href`` of every cross-reference (``<a class="reference internal">``) in the main
+            text, as written (relative to the page, maybe with an ``#anchor``).
+    """
 
     path: str
     title: str = ""
     sections: list[Section] = field(default_factory=list)
     entries: list[Entry] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)
 
 
 class _PageParser(html.parser.HTMLParser):
@@ -133,6 +158,8 @@ class _PageParser(html.parser.HTMLParser):
             return
         self.main_depth += tag == "div"
         classes = (attributes.get("class") or "").split()
+        if tag == "a" and {"reference", "internal"} <= set(classes) and attributes.get("href"):
+            self.page.links.append(attributes["href"] or "")
         if tag in ("script", "style") or (tag == "a" and "headerlink" in classes):
             self.skipping.append(tag)
             return
@@ -248,6 +275,19 @@ def _page_rank(path: str, seed: int) -> int:
     return int.from_bytes(digest, "big")
 
 
+def link_target(page: str, href: str) -> str | None:
+    """The page an ``href`` of ``page`` points to (``library/os``), or None.
+
+    None: an anchor of the same page, or a link that leaves the documentation.
+    """
+    path = href.split("#", 1)[0]
+    if not path or "://" in path or path.startswith(("mailto:", "/")):
+        return None
+    target = posixpath.normpath(posixpath.join(posixpath.dirname(page), path))
+    target = re.sub(r"\.html(\.gz)?$", "", target)
+    return None if target == page or target.startswith("..") else target
+
+
 def first_sentence(paragraph: str) -> tuple[str, str]:
     """Split a paragraph into its first sentence and the rest."""
     flat = " ".join(paragraph.split())
@@ -297,7 +337,8 @@ def build_pydoc(
     corpus: list[Passage] = []
     used_ids: set[str] = set()
     relevant_by_text: dict[str, tuple[str, str, list[str]]] = {}  # query text -> (kind, group, passage ids)
-    pages = 0
+    records: list[dict] = []
+    hrefs: dict[str, list[str]] = {}
 
     def add(pid: str, title: str, text: str) -> str:
         base, n = pid, 1
@@ -314,11 +355,12 @@ def build_pydoc(
 
     for path, markup in documentation_pages(docs_dir, max_pages, seed):
         page = parse_page(markup, path)
-        pages += 1
         title = _clean_title(page.title)
+        passages: dict[str, list[str]] = {}
         for section in page.sections:
             chunks = list(chunk_paragraphs(section.paragraphs, max_words))
             ids = [add(f"{path}#{section.id}:{k}", title, chunk) for k, chunk in enumerate(chunks)]
+            passages.setdefault(section.id, []).extend(ids)
             heading = _clean_title(section.heading)
             if path.startswith("faq/") and heading.endswith("?"):
                 for pid in ids:
@@ -329,7 +371,17 @@ def build_pydoc(
             body = [rest, *paragraphs[1:]] if rest else paragraphs[1:]
             text = "\n".join([entry.signature, *body]).strip()
             pid = add(f"{path}#{entry.id or f'entry-{number}'}", entry.id or title, text)
+            passages.setdefault(API_SECTION, []).append(pid)
             relate(summary, "summary", path, pid)
+        split = assign_split(path, seed, dev_fraction, test_fraction)
+        records.append({"page": path, "title": title, "split": split, "passages": passages})
+        hrefs[path] = page.links
+
+    links = []
+    for record in records:  # only now is every page known
+        targets = [link_target(record["page"], href) for href in hrefs[record["page"]]]
+        record["links"] = [t for t in dict.fromkeys(targets) if t is not None and t in hrefs]
+        links += [(record["page"], target) for target in record["links"]]
 
     queries, qrels = _queries_and_qrels(relevant_by_text, seed, dev_fraction, test_fraction)
     settings = {
@@ -341,7 +393,11 @@ def build_pydoc(
         "min_query_words": min_query_words,
         "max_pages": max_pages,
     }
-    return write_corpus_folder(out, "pydoc", corpus, queries, qrels, settings, {"pages": pages})
+    root = Path(out)
+    (root / MANIFEST).unlink(missing_ok=True)  # the manifest, written last, marks a complete folder
+    write_page_graph(root, records, links)
+    counts = {"pages": len(records), "links": len(links)}
+    return write_corpus_folder(root, "pydoc", corpus, queries, qrels, settings, counts)
 
 
 def _queries_and_qrels(

@@ -1,9 +1,11 @@
-"""The paragraph-level pre-training tasks of Chang et al. (2020) as pair builders over man pages.
+"""The paragraph-level pre-training tasks of Chang et al. (2020) as pair builders over linked pages.
 
 Chang, Yu, Chang, Yang and Kumar, *Pre-training Tasks for Embedding-based Large-scale Retrieval*
 (ICLR 2020): a two-tower model is pre-trained on (query, document) pairs that a task
 derives from Wikipedia without labels. Here the pages are Linux man pages (keel's ``manpages``
-corpus), whose ``SEE ALSO`` references play the part of Wikipedia's hyperlinks:
+corpus), whose ``SEE ALSO`` references play the part of Wikipedia's hyperlinks, or the pages of
+the Python documentation (``pydoc``), whose cross-references are hyperlinks; both folders hold
+``pages.jsonl`` and ``links.tsv`` (:class:`PageGraph`):
 
 * **ICT**, inverse cloze task (:class:`InverseCloze`): the query is a random sentence of a passage;
   the positive is that passage without the sentence, under its page's title (the paper's
@@ -16,7 +18,9 @@ corpus), whose ``SEE ALSO`` references play the part of Wikipedia's hyperlinks:
 **First section.** Wikipedia's first section is the page's lead. A man page's ``NAME`` line is its
 one-line summary and is the *downstream* query (summary -> DESCRIPTION), so it is never used here;
 ``SYNOPSIS`` is code. The first section is the first section with passages other than ``SYNOPSIS``
-(nearly always ``DESCRIPTION``).
+(nearly always ``DESCRIPTION``). A Python documentation page's first section is the prose of its
+top section (a module page's introduction), or of the first section with prose; its API entries
+(recorded under ``API``) never are.
 
 **Sentences** (:func:`split_sentences`): a passage's lines are separate sentences (keel's man-page
 text keeps each paragraph, list item and code line on its own line); within a line, a sentence
@@ -58,15 +62,17 @@ from typing import Any
 
 from keel.core.errors import ConfigError, DataError
 from keel.retrieval.data.beir import BeirData, Passage
-from keel.retrieval.data.manpages import read_pages
+from keel.retrieval.data.build import read_pages
+from keel.retrieval.data.pydoc import API_SECTION
 
 #: Words after which a full stop does not end a sentence (compared in lower case).
 ABBREVIATIONS = frozenset({"e.g.", "i.e.", "etc.", "cf.", "vs.", "viz.", "approx.", "no.", "fig.", "mr.", "dr."})
 #: A candidate sentence end: the punctuation (and a closing quote/bracket), whitespace, then a
 #: capital, a digit or an opening quote/bracket.
 _BOUNDARY = re.compile(r"(?<=[.!?])([\"')\]”’]?)\s+(?=[\"'(\[“‘A-Z0-9])")
-#: Sections that are never a page's "first section" (code); NAME and SEE ALSO hold no passages.
-NOT_FIRST = frozenset({"SYNOPSIS"})
+#: Sections that are never a page's "first section": a man page's code (its NAME and SEE ALSO hold
+#: no passages) and a documentation page's API entries.
+NOT_FIRST = frozenset({"SYNOPSIS", API_SECTION})
 DIRECTIONS = ("in", "out", "both")
 #: A plain word: letters (an apostrophe or hyphen inside), with punctuation or brackets around.
 _WORD = re.compile(r"^[(\[\"'“‘]?[A-Za-z][A-Za-z'’-]*[)\]\"'”’.,;:!?]*$")
@@ -111,13 +117,14 @@ def _rng(*parts: object) -> random.Random:
 
 
 @dataclass(frozen=True)
-class ManPageGraph:
+class PageGraph:
     """What BFS and WLP read besides the corpus: the pages' sections and their links.
 
     Attributes:
-        sections: Page key (``pipe.7``) -> section heading -> passage ids, in page order.
+        sections: Page key (``pipe.7``, ``library/os.path``) -> section -> passage ids, in page order.
         splits: Page key -> its split (``train``, ``dev`` or ``test``).
-        links: ``(source, target)`` page keys: ``source`` cites ``target`` in ``SEE ALSO``.
+        links: ``(source, target)`` page keys: ``source`` cites ``target`` (``SEE ALSO``, a
+            cross-reference).
     """
 
     sections: dict[str, dict[str, list[str]]]
@@ -125,16 +132,16 @@ class ManPageGraph:
     links: list[tuple[str, str]]
 
     @classmethod
-    def read(cls, folder: str | Path) -> ManPageGraph:
-        """Read ``pages.jsonl`` and ``links.tsv`` of a built man-page folder.
+    def read(cls, folder: str | Path) -> PageGraph:
+        """Read ``pages.jsonl`` and ``links.tsv`` of a built ``manpages`` or ``pydoc`` folder.
 
         Raises:
-            DataError: If the folder is not a man-page corpus.
+            DataError: If the folder has no pages or links.
         """
         records = list(read_pages(folder))
         path = Path(folder) / "links.tsv"
         if not path.is_file():
-            raise DataError(f"{path}: missing (build the folder with keel retrieval build-corpus manpages)")
+            raise DataError(f"{path}: missing (build the folder with keel retrieval build-corpus manpages|pydoc)")
         with path.open(encoding="utf-8", newline="") as handle:
             rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
         return cls(
@@ -155,18 +162,18 @@ class ManPageGraph:
         return [pid for ids in self.sections.get(page, {}).values() for pid in ids]
 
 
-def _graph(data: BeirData) -> ManPageGraph:
+def _graph(data: BeirData) -> PageGraph:
     if data.root is None:
         raise DataError("BFS and WLP read pages.jsonl and links.tsv beside the corpus; read the folder from disk")
-    return ManPageGraph.read(data.root)
+    return PageGraph.read(data.root)
 
 
-def _pages(graph: ManPageGraph, splits: Sequence[str] | None) -> list[str]:
+def _pages(graph: PageGraph, splits: Sequence[str] | None) -> list[str]:
     return sorted(p for p in graph.sections if splits is None or graph.splits.get(p) in splits)
 
 
 def _first_section_sentences(
-    data: BeirData, graph: ManPageGraph, page: str, accept: Callable[[str], bool]
+    data: BeirData, graph: PageGraph, page: str, accept: Callable[[str], bool]
 ) -> list[tuple[str, str]]:
     """``(passage id, sentence)`` for every accepted sentence of the page's first section."""
     return [
