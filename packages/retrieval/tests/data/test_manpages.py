@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from keel.core.data.corpora import SourceUnavailable
+from keel.core.errors import ConfigError
 from keel.retrieval.data import build_manpages, parse_man, read_beir, read_pages
 from keel.retrieval.data.troff import inline, macro_arguments
 
@@ -133,6 +134,25 @@ def test_build_pages_queries_and_links(tmp_path: Path, capsys: pytest.CaptureFix
     assert pages["open.2"]["names"] == ["open", "openat"]
     assert pages["pipe.7"]["see_also"] == ["open.2", "fifo.7"]
     assert json.loads((out / "manifest.json").read_text())["counts"]["links"] == 3
+
+
+def test_max_pages_keeps_a_seeded_sample_and_its_links(tmp_path: Path) -> None:
+    man, info = man_tree(tmp_path)
+    samples = []
+    for seed in range(6):
+        out = build_manpages(tmp_path / f"beir{seed}", ["manpages"], str(man), str(info), seed=seed, max_pages=2)
+        pages = {p["page"] for p in read_pages(out)}
+        assert len(pages) == 2
+        assert {pid.split("/")[0] for pid in read_beir(out).corpus} <= pages
+        for line in (out / "links.tsv").read_text().splitlines()[1:]:
+            assert set(line.split("\t")) <= pages, "links only between kept pages"
+        assert json.loads((out / "manifest.json").read_text())["settings"]["max_pages"] == 2
+        samples.append(frozenset(pages))
+    assert len(set(samples)) > 1, "the seed picks the sample"
+    again = build_manpages(tmp_path / "again", ["manpages"], str(man), str(info), seed=0, max_pages=2)
+    assert {p["page"] for p in read_pages(again)} == samples[0]
+    with pytest.raises(ConfigError, match="max_pages"):
+        build_manpages(tmp_path / "x", ["manpages"], str(man), str(info), max_pages=0)
 
 
 def test_missing_package_names_the_install(tmp_path: Path) -> None:

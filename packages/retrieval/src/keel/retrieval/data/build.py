@@ -47,6 +47,25 @@ def assign_split(group: str, seed: int, dev_fraction: float, test_fraction: floa
     return "train"
 
 
+def sample_pages(names: Iterable[str], max_pages: int, seed: int) -> set[str]:
+    """A seeded sample of ``max_pages`` page names, spread over the whole collection.
+
+    Each name is ranked by a hash of the seed and the name, so a page's membership does not move
+    when other pages are added and the same seed gives the same sample.
+
+    Raises:
+        ConfigError: If ``max_pages`` < 1.
+    """
+    if max_pages < 1:
+        raise ConfigError(f"max_pages must be >= 1 or None, got {max_pages}")
+
+    def rank(name: str) -> int:
+        digest = hashlib.blake2b(f"keel-retrieval:pages:{seed}:{name}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big")
+
+    return set(sorted(names, key=rank)[:max_pages])
+
+
 def chunk_paragraphs(paragraphs: Iterable[str], max_words: int) -> Iterator[str]:
     """Join consecutive paragraphs into chunks of at most ``max_words`` words.
 

@@ -38,6 +38,7 @@ from keel.retrieval.data.build import (
     assign_split,
     check_fractions,
     chunk_paragraphs,
+    sample_pages,
     write_corpus_folder,
     write_page_graph,
 )
@@ -148,6 +149,7 @@ def build_manpages(
     test_fraction: float = 0.1,
     max_words: int = 160,
     min_query_words: int = 3,
+    max_pages: int | None = None,
 ) -> Path:
     """Write the man-page corpus, queries, page records and links (see the module docstring).
 
@@ -162,15 +164,21 @@ def build_manpages(
         test_fraction: Share of pages in the test split.
         max_words: Longest passage in words.
         min_query_words: Shortest summary used as a query.
+        max_pages: Keep only this many pages, a seeded sample (links and aliases to the others are
+            dropped); ``None`` keeps every page.
 
     Raises:
         SourceUnavailable: If a package (or any man page) is not installed.
-        ConfigError: On bad fractions.
+        ConfigError: On bad fractions or ``max_pages`` < 1.
     """
     check_fractions(dev_fraction, test_fraction)
+    if max_pages is not None:
+        sample_pages([], max_pages, seed)  # checks it before any page is read
     paths = package_man_files(packages, man_dir, dpkg_info) if packages else installed_man_files(man_dir)
     files = resolve_files(paths)
-    pages = {f.key: parse_man(_read(f.path)) for f in files if f.alias_of is None}
+    keys = [f.key for f in files if f.alias_of is None]
+    kept = set(keys) if max_pages is None else sample_pages(keys, max_pages, seed)
+    pages = {f.key: parse_man(_read(f.path)) for f in files if f.alias_of is None and f.key in kept}
     aliases = {f.key: f.alias_of for f in files if f.alias_of is not None and f.alias_of in pages}
     for key, page in pages.items():  # names in NAME are aliases too: "open, openat, creat"
         section = key.rsplit(".", 1)[1]
@@ -224,6 +232,7 @@ def build_manpages(
         "test_fraction": test_fraction,
         "max_words": max_words,
         "min_query_words": min_query_words,
+        "max_pages": max_pages,
     }
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,6 @@ al. (2020) read (:func:`keel.retrieval.data.build.write_page_graph`):
 from __future__ import annotations
 
 import gzip
-import hashlib
 import html.parser
 import os
 import posixpath
@@ -52,6 +51,7 @@ from keel.retrieval.data.build import (
     assign_split,
     check_fractions,
     chunk_paragraphs,
+    sample_pages,
     write_corpus_folder,
     write_page_graph,
 )
@@ -261,18 +261,12 @@ def documentation_pages(
         and not any(part.startswith("_") or part in _SKIP_FOLDERS for part in p.relative_to(root).parts[:-1])
     )
     if max_pages is not None:
-        kept = set(sorted(pages, key=lambda p: _page_rank(p.relative_to(root).as_posix(), seed))[:max_pages])
-        pages = [p for p in pages if p in kept]
+        kept = sample_pages((p.relative_to(root).as_posix() for p in pages), max_pages, seed)
+        pages = [p for p in pages if p.relative_to(root).as_posix() in kept]
     for page in pages:
         opener = gzip.open if page.name.endswith(".gz") else open
         with opener(page, "rt", encoding="utf-8", errors="replace") as handle:
             yield re.sub(r"\.html(\.gz)?$", "", page.relative_to(root).as_posix()), handle.read()
-
-
-def _page_rank(path: str, seed: int) -> int:
-    """A page's place in the seeded sample order (a hash, so it does not move when pages are added)."""
-    digest = hashlib.blake2b(f"keel-retrieval:pages:{seed}:{path}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
 
 
 def link_target(page: str, href: str) -> str | None:
@@ -332,8 +326,8 @@ def build_pydoc(
     if unknown or not query_kinds:
         raise ConfigError(f"query kinds must be among {', '.join(QUERY_KINDS)}, got {list(query_kinds)}")
     check_fractions(dev_fraction, test_fraction)
-    if max_pages is not None and max_pages < 1:
-        raise ConfigError(f"max_pages must be >= 1 or None, got {max_pages}")
+    if max_pages is not None:
+        sample_pages([], max_pages, seed)  # checks it before any page is read
     corpus: list[Passage] = []
     used_ids: set[str] = set()
     relevant_by_text: dict[str, tuple[str, str, list[str]]] = {}  # query text -> (kind, group, passage ids)
