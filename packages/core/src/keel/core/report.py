@@ -130,17 +130,26 @@ def headline(record: dict) -> str:
 
 
 def update_index(readme: Path, experiments: Path) -> None:
-    """Rebuild the repository README's results table from every experiment's ``results.json``."""
+    """Rebuild the repository README's results table from every experiment's results files.
+
+    An experiment's ``results.json`` gives its row; each ``results-BLOCK.json`` (a sweep profile's
+    own table: another corpus, another model size) adds its headline and command under the name
+    ``BLOCK``.
+    """
     from keel.core.config import list_experiments
 
     rows = ["| experiment | what it runs | latest result | command |", "|---|---|---|---|"]
     for name, description in list_experiments(experiments):
-        results = experiments / name / "results.json"
-        if results.is_file():
-            record = json.loads(results.read_text())
-            result, command = headline(record), f"`{record['command']}`"
-        else:
-            result, command = "not run yet", f"`keel run {name}`"
+        folder = experiments / name
+        files = [folder / "results.json", *sorted(folder.glob("results-*.json"))]
+        results, commands = [], []
+        for path in (f for f in files if f.is_file()):
+            record = json.loads(path.read_text())
+            block = path.stem.removeprefix("results").removeprefix("-")
+            results.append(f"{block}: {headline(record)}" if block else headline(record))
+            commands.append(f"`{record['command']}`")
+        result = "<br>".join(results) or "not run yet"
+        command = "<br>".join(commands) or f"`keel run {name}`"
         rows.append(f"| [{name}](experiments/{name}/README.md) | {description} | {result} | {command} |")
     replace_block(readme, "\n".join(rows))
 
