@@ -95,6 +95,19 @@ def test_sweep_runs_analyses_and_resumes(project: Path, capsys: pytest.CaptureFi
     assert stamps == {d: (Path(d) / "summary.json").stat().st_mtime for d in stamps}, "finished runs were redone"
 
 
+def test_an_arm_added_later_joins_the_analysis(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # run one arm, then the other into the same folder: the second analysis sees both
+    assert main(["sweep", "toy", "--tiny", "--only", "plain"]) == 0
+    out = capsys.readouterr().out
+    sweep_dir = next(line for line in out.splitlines() if line.startswith("sweep_dir:")).split()[1]
+    assert main(["sweep", "toy", "--tiny", "--resume", sweep_dir, "--only", "wide"]) == 0
+    runs = json.loads((Path(sweep_dir) / "sweep.json").read_text())["runs"]
+    assert [(r["arm"], r["seed"]) for r in runs] == [("plain", 0), ("wide", 0)], "in sweep order"
+    readme = (project / "experiments" / "toy" / "README.md").read_text()
+    assert "| plain |" in readme
+    assert "| wide |" in readme
+
+
 def test_final_metric_table_from_a_tiny_sweep(project: Path) -> None:
     sweep = project / "experiments" / "toy" / "sweep.yaml"
     sweep.write_text(SWEEP.split("\nanalysis:")[0] + "\nanalysis:\n  _target_: keel.core.analysis.final_metric_table\n")

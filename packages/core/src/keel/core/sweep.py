@@ -177,7 +177,8 @@ def run_sweep(
         overrides: ``key=value`` overrides for every run.
         profile_name: A profile of the sweep (``tiny``, ``cpu`` ...); ``None`` runs the full sweep.
         resume: A sweep folder to finish instead of starting a new one.
-        only: Restrict to these arms.
+        only: Run only these arms; the records returned (and analysed) are then every finished run
+            of the folder, so runs of an arm added to a finished sweep join its analysis.
     """
     from keel.core.instantiate import validate
     from keel.core.runner import fit, prepare, runs_root
@@ -214,6 +215,8 @@ def run_sweep(
             fit(cfg, run_dir)
         summary = json.loads((run_dir / "summary.json").read_text())
         records.append(RunRecord(run.arm, run.params, run.seed, str(run_dir), summary))
+    if only:  # the analysis covers every finished run of the folder, not only the arms just run
+        records = _finished_records(sweep_dir, expand(spec, profile, overrides or []))
     (sweep_dir / "sweep.json").write_text(
         json.dumps(
             {
@@ -226,6 +229,17 @@ def run_sweep(
         )
     )
     return sweep_dir, records
+
+
+def _finished_records(sweep_dir: Path, runs: list[RunSpec]) -> list[RunRecord]:
+    """The records of those ``runs`` that finished in ``sweep_dir``, in sweep order."""
+    records = []
+    for run in runs:
+        summary_path = sweep_dir / run.name / "summary.json"
+        if summary_path.is_file():
+            summary = json.loads(summary_path.read_text())
+            records.append(RunRecord(run.arm, run.params, run.seed, str(summary_path.parent), summary))
+    return records
 
 
 def _move_aside(run_dir: Path) -> None:
