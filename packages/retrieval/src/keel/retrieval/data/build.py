@@ -47,17 +47,18 @@ def assign_split(group: str, seed: int, dev_fraction: float, test_fraction: floa
     return "train"
 
 
+def check_max_pages(max_pages: int | None) -> None:
+    """Raise a ConfigError unless ``max_pages`` is None (every page) or at least 1."""
+    if max_pages is not None and max_pages < 1:
+        raise ConfigError(f"max_pages must be >= 1 or None, got {max_pages}")
+
+
 def sample_pages(names: Iterable[str], max_pages: int, seed: int) -> set[str]:
     """A seeded sample of ``max_pages`` page names, spread over the whole collection.
 
     Each name is ranked by a hash of the seed and the name, so a page's membership does not move
     when other pages are added and the same seed gives the same sample.
-
-    Raises:
-        ConfigError: If ``max_pages`` < 1.
     """
-    if max_pages < 1:
-        raise ConfigError(f"max_pages must be >= 1 or None, got {max_pages}")
 
     def rank(name: str) -> int:
         digest = hashlib.blake2b(f"keel-retrieval:pages:{seed}:{name}".encode(), digest_size=8).digest()
@@ -106,9 +107,11 @@ def write_page_graph(root: Path, records: Sequence[Mapping[str, Any]], links: It
 
     A record holds at least ``page`` (its key), ``title``, ``split`` and ``passages`` (section ->
     passage ids, in page order); the linked-page pre-training tasks read them
-    (:class:`keel.retrieval.ict_bfs_wlp.PageGraph`).
+    (:class:`keel.retrieval.ict_bfs_wlp.PageGraph`). A builder writes them before
+    :func:`write_corpus_folder`, so the folder's manifest, which marks it complete, goes first.
     """
     root.mkdir(parents=True, exist_ok=True)
+    (root / MANIFEST).unlink(missing_ok=True)
     write_text_atomic(root / PAGES_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     write_text_atomic(root / LINKS_FILE, "source\ttarget\n" + "".join(f"{s}\t{t}\n" for s, t in links))
 

@@ -32,8 +32,6 @@ from keel.retrieval.data.beir import (
 )
 from keel.retrieval.data.build import CORPORA, ensure_corpus
 
-#: Builder arguments that say where the source files are, not what is built (manifests omit them).
-
 
 @dataclass(frozen=True)
 class Group:

@@ -33,10 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keel.core.data.corpora import SourceUnavailable
-from keel.retrieval.data.beir import MANIFEST, Passage, Query
+from keel.retrieval.data.beir import Passage, Query
 from keel.retrieval.data.build import (
     assign_split,
     check_fractions,
+    check_max_pages,
     chunk_paragraphs,
     sample_pages,
     write_corpus_folder,
@@ -172,8 +173,7 @@ def build_manpages(
         ConfigError: On bad fractions or ``max_pages`` < 1.
     """
     check_fractions(dev_fraction, test_fraction)
-    if max_pages is not None:
-        sample_pages([], max_pages, seed)  # checks it before any page is read
+    check_max_pages(max_pages)
     paths = package_man_files(packages, man_dir, dpkg_info) if packages else installed_man_files(man_dir)
     files = resolve_files(paths)
     keys = [f.key for f in files if f.alias_of is None]
@@ -235,8 +235,6 @@ def build_manpages(
         "max_pages": max_pages,
     }
     root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / MANIFEST).unlink(missing_ok=True)  # the manifest, written last, marks a complete folder
     write_page_graph(root, records, links)
     counts = {"pages": len(pages), "links": len(links)}
     return write_corpus_folder(root, "manpages", corpus, queries, qrels, settings, counts)

@@ -46,10 +46,11 @@ from pathlib import Path
 
 from keel.core.data.corpora import SourceUnavailable
 from keel.core.errors import ConfigError
-from keel.retrieval.data.beir import MANIFEST, Passage, Qrels, Query
+from keel.retrieval.data.beir import Passage, Qrels, Query
 from keel.retrieval.data.build import (
     assign_split,
     check_fractions,
+    check_max_pages,
     chunk_paragraphs,
     sample_pages,
     write_corpus_folder,
@@ -326,8 +327,7 @@ def build_pydoc(
     if unknown or not query_kinds:
         raise ConfigError(f"query kinds must be among {', '.join(QUERY_KINDS)}, got {list(query_kinds)}")
     check_fractions(dev_fraction, test_fraction)
-    if max_pages is not None:
-        sample_pages([], max_pages, seed)  # checks it before any page is read
+    check_max_pages(max_pages)
     corpus: list[Passage] = []
     used_ids: set[str] = set()
     relevant_by_text: dict[str, tuple[str, str, list[str]]] = {}  # query text -> (kind, group, passage ids)
@@ -388,7 +388,6 @@ def build_pydoc(
         "max_pages": max_pages,
     }
     root = Path(out)
-    (root / MANIFEST).unlink(missing_ok=True)  # the manifest, written last, marks a complete folder
     write_page_graph(root, records, links)
     counts = {"pages": len(records), "links": len(links)}
     return write_corpus_folder(root, "pydoc", corpus, queries, qrels, settings, counts)
