@@ -122,9 +122,17 @@ def test_link_target() -> None:
 
 
 def test_linked_page_tasks_read_a_pydoc_folder(tmp_path: Path) -> None:
-    out = build_pydoc(tmp_path / "beir", docs_dir=str(docs_folder(tmp_path / "docs")), dev_fraction=0, test_fraction=0)
+    docs = docs_folder(tmp_path / "docs")
+    # a page of API entries and no prose has no lead: an entry's description is never a BFS/WLP query
+    bare = LIBRARY_PAGE.replace("shelf", "bare").replace("<p>This module keeps\nthings on a bare.</p>", "")
+    bare = bare.split('<section id="notes">')[0] + "</section></div></body></html>"
+    (docs / "library" / "bare.html").write_text(bare)
+    out = build_pydoc(tmp_path / "beir", docs_dir=str(docs), dev_fraction=0, test_fraction=0)
     data = read_beir(out)
     graph = PageGraph.read(out)
+    entries = ["library/bare#bare.put", "library/bare#bare.Shelf", "library/bare#bare.Shelf.clear"]
+    assert graph.passages("library/bare") == entries
+    assert graph.first_section("library/bare") == [], "API entries are never a page's first section"
     assert graph.first_section("library/shelf") == ["library/shelf#module-shelf:0"], "the introduction"
     assert graph.first_section("faq/general") == ["faq/general#why-is-it-slow:0"], "the first section with prose"
     assert graph.links == [("faq/general", "library/shelf")]
