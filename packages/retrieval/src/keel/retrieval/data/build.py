@@ -32,14 +32,23 @@ def check_fractions(dev_fraction: float, test_fraction: float) -> None:
         raise ConfigError(f"dev_fraction={dev_fraction} and test_fraction={test_fraction} must be >= 0 and sum to < 1")
 
 
+def stable_rank(*parts: object) -> int:
+    """A 64-bit rank of ``parts`` joined by ``:``: the same on every machine and run, unlike ``hash``.
+
+    Splits, page samples and labelled subsets are drawn by it, so what one item gets never depends
+    on which other items exist.
+    """
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
 def assign_split(group: str, seed: int, dev_fraction: float, test_fraction: float) -> str:
     """The split of a group (a page, a module, ...) from a seeded hash of its name.
 
     A group's split depends only on its name, the seed and the fractions, so it does not move when
     other groups are added or removed (a new Debian release of the data keeps old test pages in test).
     """
-    digest = hashlib.blake2b(f"keel-retrieval:{seed}:{group}".encode(), digest_size=8).digest()
-    u = int.from_bytes(digest, "big") / 2**64
+    u = stable_rank("keel-retrieval", seed, group) / 2**64
     if u < test_fraction:
         return "test"
     if u < test_fraction + dev_fraction:
@@ -59,12 +68,7 @@ def sample_pages(names: Iterable[str], max_pages: int, seed: int) -> set[str]:
     Each name is ranked by a hash of the seed and the name, so a page's membership does not move
     when other pages are added and the same seed gives the same sample.
     """
-
-    def rank(name: str) -> int:
-        digest = hashlib.blake2b(f"keel-retrieval:pages:{seed}:{name}".encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "big")
-
-    return set(sorted(names, key=rank)[:max_pages])
+    return set(sorted(names, key=lambda name: stable_rank("keel-retrieval:pages", seed, name))[:max_pages])
 
 
 def chunk_paragraphs(paragraphs: Iterable[str], max_words: int) -> Iterator[str]:

@@ -50,7 +50,6 @@ keeps a fixed share of the labelled training queries for the fine-tuning stage (
 from __future__ import annotations
 
 import csv
-import hashlib
 import math
 import random
 import re
@@ -62,7 +61,7 @@ from typing import Any
 
 from keel.core.errors import ConfigError, DataError
 from keel.retrieval.data.beir import BeirData, Passage
-from keel.retrieval.data.build import read_pages
+from keel.retrieval.data.build import read_pages, stable_rank
 from keel.retrieval.data.pydoc import API_SECTION
 
 #: Words after which a full stop does not end a sentence (compared in lower case).
@@ -383,10 +382,6 @@ class TaskMixture:
         return mixed
 
 
-def _hash_rank(*parts: object) -> int:
-    return int.from_bytes(hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest(), "big")
-
-
 @dataclass(frozen=True)
 class LabelledFraction:
     """A fixed share of a split's judged queries with all their relevant passages (a :class:`PairBuilder`).
@@ -412,7 +407,7 @@ class LabelledFraction:
 
     def query_ids(self, data: BeirData) -> list[str]:
         """The kept query ids, in hash order."""
-        ordered = sorted(data.split_queries(self.split), key=lambda qid: _hash_rank(self.seed, qid))
+        ordered = sorted(data.split_queries(self.split), key=lambda qid: stable_rank(self.seed, qid))
         return ordered[: max(1, round(self.fraction * len(ordered)))]
 
     def __call__(self, data: BeirData) -> Iterator[tuple[str, str]]:
