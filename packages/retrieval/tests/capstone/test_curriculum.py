@@ -17,6 +17,7 @@ from keel.retrieval.capstone import (
     rouge_l,
 )
 from keel.retrieval.capstone.curriculum import check_curriculum
+from keel.retrieval.capstone.rouge import words
 from keel.retrieval.data.beir import Passage
 
 
@@ -38,6 +39,14 @@ def test_rouge_l_by_hand() -> None:
     assert rouge_l("b a", "a b") == pytest.approx(2 * 1 / 4)  # order matters: a subsequence, not a bag
 
 
+def test_rouge_words_are_split_on_non_alphanumerics_and_stemmed_as_rouge_score_does() -> None:
+    # rouge_score: lower-case, split on [^a-z0-9], Porter-stem words longer than three letters
+    assert words("Is it running_fast? Opens 2 files.") == ["is", "it", "run", "fast", "open", "2", "file"]
+    assert rouge_l("get_item", "get item") == 1.0  # an underscore separates words
+    assert rouge_l("opens the files", "open the file") == 1.0  # inflections match after stemming
+    assert rouge_l("was", "wa") == 0.0  # words of three letters or fewer are not stemmed
+
+
 def test_ranking_is_by_rouge_l_most_similar_first_without_the_real_query() -> None:
     query = "open a file for reading"
     candidates = ["socket options", "Open a file for reading.", "read a file", "open a file for reading now", "x y"]
@@ -46,6 +55,17 @@ def test_ranking_is_by_rouge_l_most_similar_first_without_the_real_query() -> No
     assert ranked == ["open a file for reading now", "read a file", "socket options", "x y"]  # ties keep order
     scores = [rouge_l(c, query) for c in ranked]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_ranking_breaks_ties_at_random_with_an_rng() -> None:
+    query = "open a file for reading"
+    candidates = ["open a file for reading now", "socket options", "x y", "close it"]  # the last three tie at 0
+    orders = set()
+    for seed in range(30):
+        ranked = rank_by_similarity(candidates, query, random.Random(seed))
+        assert ranked[0] == "open a file for reading now"  # a strictly better candidate stays first
+        orders.add(tuple(ranked[1:]))
+    assert len(orders) == 6  # every order of the three tied candidates occurs
 
 
 def test_parts_cut_the_ranking_into_equal_slices() -> None:

@@ -50,9 +50,23 @@ def test_gradual_views_run_from_the_most_to_the_least_similar_part(tokenizer) ->
     # passage 0's candidates without the real query, by ROUGE-L against it: one per part
     for part, view in enumerate(["open a file for reading now", "read a file", "socket options"]):
         assert row(ids[part, 0], mask[part, 0]) == expanded(tokenizer, TEXTS[0], view)
-    # the negative's candidates are ranked against the same (this group's) query
-    for part, view in enumerate(["open a file quickly", "send data over a socket", "close the socket"]):
-        assert row(ids[part, 1], mask[part, 1]) == expanded(tokenizer, TEXTS[1], view)
+    # the negative's candidates are ranked against the same (this group's) query; its other two tie
+    # at 0, so they fill parts 2 and 3 in a random order
+    assert row(ids[0, 1], mask[0, 1]) == expanded(tokenizer, TEXTS[1], "open a file quickly")
+    tied = {tuple(expanded(tokenizer, TEXTS[1], view)) for view in ["send data over a socket", "close the socket"]}
+    assert {tuple(row(ids[part, 1], mask[part, 1])) for part in (1, 2)} == tied
+
+
+def test_tied_candidates_fall_into_any_part(tokenizer) -> None:
+    """Candidates that tie with the query are ordered at random, not by the expander (title first)."""
+    texts = ["a socket is an endpoint for communication"]
+    expansions = [["send data", "close it", "bind ports"]]  # no word in common with QUERY: all tie at 0
+    first_part = set()
+    for seed in range(20):
+        collate = ExpansionCollator(tokenizer, texts, expansions, 16, 32, 8, "gradual", parts=3, seed=seed)
+        batch = collate([Group(QUERY, [0], [0])])
+        first_part.add(tuple(row(batch["passage_input_ids"][0, 0], batch["passage_attention_mask"][0, 0])))
+    assert first_part == {tuple(expanded(tokenizer, texts[0], q)) for q in expansions[0]}
 
 
 def test_the_real_query_is_never_a_training_expansion(tokenizer) -> None:

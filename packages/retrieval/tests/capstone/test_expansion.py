@@ -46,3 +46,9 @@ def test_generated_queries_are_reproducible_and_cached(
     changed = [Passage("a", "A different text now.", "open"), PASSAGES[1]]
     with pytest.raises(pytest.fail.Exception, match="generated again"):
         expander(changed)  # a changed passage is generated anew
+    for other in (
+        Seq2SeqQueries(str(tiny_t5), num_queries=2, max_query_length=6, cache_file=str(cache)),
+        Seq2SeqQueries(str(tiny_t5), num_queries=3, max_query_length=6, seed=1, cache_file=str(cache)),
+    ):
+        with pytest.raises(pytest.fail.Exception, match="generated again"):
+            other(PASSAGES)  # other settings never reuse these queries

@@ -85,3 +85,22 @@ def test_a_named_block_keeps_its_own_table_figure_and_json(tiny_beir: Path, tmp_
     assert saved["arms"]["method"]["test"]["mean"] == pytest.approx(0.55)
     assert saved["references"]["systems"]["bm25"]["pool_mrr@10"] == 1.0
     assert not (experiment / "results.json").exists()
+
+
+def test_metrics_only_the_arms_log_stay_out_of_the_reference_table(tiny_beir: Path, tmp_path: Path) -> None:
+    # CAPSTONE's arms also log alone_pool_* (each passage scored alone); BM25 has no such variant
+    experiment = tmp_path / "experiment"
+    experiment.mkdir()
+    (experiment / "README.md").write_text("# x\n\n<!-- results:start -->\n<!-- results:end -->\n")
+    records = _two_arm_runs(tiny_beir, tmp_path)
+    for record in records:
+        record.summary["metrics"]["test/alone_pool_mrr@10"] = 0.1
+    arm_comparison_with_references(
+        records, experiment, tmp_path / "sweep-x", "keel sweep x", baseline_arm="plain", data_dir_key="data.data_dir",
+        references=["bm25"], metrics=["pool_mrr@10", "alone_pool_mrr@10"],
+    )  # fmt: skip
+    readme = (experiment / "README.md").read_text()
+    assert "| arm | seeds | test pool_mrr@10 | test alone_pool_mrr@10 |" in readme
+    assert "| method | 2 | 0.5500 ± 0.0707 | 0.1000 ± 0.0000 |" in readme
+    assert "| system | test pool_mrr@10 |\n" in readme
+    assert "| BM25 | 1.0000 |\n" in readme

@@ -42,12 +42,21 @@ def curriculum_part(step: int, total_steps: int, parts: int) -> int:
     return max(parts - step // iteration, 1)
 
 
-def rank_by_similarity(candidates: Sequence[str], query: str) -> list[str]:
-    """``candidates`` without ``query`` itself, by ROUGE-L against ``query``, most similar first (stable on ties)."""
+def rank_by_similarity(candidates: Sequence[str], query: str, rng: random.Random | None = None) -> list[str]:
+    """``candidates`` without ``query`` itself, by ROUGE-L against ``query``, most similar first.
+
+    Ties are common (a pseudo query often shares no word with the query, and many score 0), so their
+    order decides which part a candidate falls in. With ``rng``, tied candidates come in a random
+    order, as in the official code (its candidates pass through a ``set`` before ``torch.topk``); an
+    expander's order (title first, then the passage's sentences) would otherwise put the first views
+    used at inference into the most similar part. Without ``rng``, ties keep the expander's order.
+    """
     target = words(query)
     kept = [c for c in dict.fromkeys(candidates) if words(c) != target]
+    if rng is not None:
+        rng.shuffle(kept)
     scores = [rouge_l(c, query) for c in kept]
-    order = sorted(range(len(kept)), key=lambda i: -scores[i])
+    order = sorted(range(len(kept)), key=lambda i: -scores[i])  # stable: ties stay in the order above
     return [kept[i] for i in order]
 
 

@@ -1,9 +1,10 @@
 """Bi-encoder batches whose passages are expanded with pseudo queries, by CAPSTONE's curriculum.
 
 An expanded passage is the passage's tokens followed by one pseudo query's:
-``[CLS] title text [SEP] query [SEP]`` (the authors' ``title [SEP] text [SEP] query``). The passage is
-cut to ``passage_max_length`` tokens and the query to ``expansion_max_length`` *before* they are
-joined, so a long passage never pushes its expansion out of the input.
+``[CLS] title text [SEP] query [SEP]``. The authors join ``title [SEP] text [SEP] query``; keel keeps
+title and text joined by a space, as every keel encoder reads a BEIR passage. The passage is cut to
+``passage_max_length`` tokens and the query to ``expansion_max_length`` *before* they are joined, so a
+long passage never pushes its expansion out of the input (the authors cut the joined string).
 
 Training batches (``curriculum``, see :mod:`keel.retrieval.capstone.curriculum`):
 
@@ -82,7 +83,7 @@ class ExpansionCollator(GroupCollator):
             return [candidates[0] if candidates else None]
         if self.curriculum == "gold":
             return [group.query]
-        ranked = rank_by_similarity(candidates, group.query)  # also drops a copy of the real query
+        ranked = rank_by_similarity(candidates, group.query, rng)  # also drops a copy of the real query
         if self.curriculum == "gradual":
             return curriculum_views(ranked, self.parts, rng)
         return [rng.choice(ranked) if ranked else None]
@@ -154,9 +155,8 @@ class CapstoneDataModule(RetrievalDataModule):
         first: dict[int, Any] = {}
         for pid, index in text_ids.items():
             first.setdefault(index, data.corpus[pid])
-        by_text = (
-            self.expander([first[i] for i in range(len(texts))]) if self.curriculum != "none" else [[]] * len(texts)
-        )
+        # the plain arm (``none``) trains without them, but is also scored through views at test
+        by_text = self.expander([first[i] for i in range(len(texts))])
         self.expansions = {pid: list(by_text[index]) for pid, index in text_ids.items()}
         settings = dict(
             query_max_length=self.query_max_length,
@@ -168,13 +168,12 @@ class CapstoneDataModule(RetrievalDataModule):
         )
         self.collate = ExpansionCollator(plain.tokenizer, texts, by_text, training=False, **settings)
         self.train_collate = ExpansionCollator(plain.tokenizer, texts, by_text, training=True, **settings)
-        if self.curriculum != "none":
-            counts = [len(q) for q in by_text]
-            print(
-                f"data: pseudo queries for {sum(c > 0 for c in counts):,} of {len(counts):,} distinct passages "
-                f"({sum(counts) / max(len(counts), 1):.1f} per passage); curriculum {self.curriculum}",
-                flush=True,
-            )
+        counts = [len(q) for q in by_text]
+        print(
+            f"data: pseudo queries for {sum(c > 0 for c in counts):,} of {len(counts):,} distinct passages "
+            f"({sum(counts) / max(len(counts), 1):.1f} per passage); curriculum {self.curriculum}",
+            flush=True,
+        )
 
     def training_collate(self) -> ExpansionCollator | None:
         """Training groups get the curriculum's expansions; evaluation keeps the first view."""

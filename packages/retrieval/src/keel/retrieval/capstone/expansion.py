@@ -83,7 +83,8 @@ class Seq2SeqQueries:
         batch_size: Passages per generation batch.
         seed: Seed of the sampling.
         cache_file: A jsonl file of generated queries, read instead of generating when it holds a
-            passage (keyed by id and a hash of its text) and extended with new ones.
+            passage (keyed by a hash of the generator's settings, the passage id and a hash of its
+            text, so another model or setting never reuses them) and extended with new ones.
         device: Where the model runs.
     """
 
@@ -111,9 +112,14 @@ class Seq2SeqQueries:
         self.cache_file = Path(cache_file) if cache_file else None
         self.device = device
 
-    @staticmethod
-    def _key(passage: Passage) -> str:
-        return f"{passage.id}:{hashlib.blake2b(passage.full_text.encode(), digest_size=8).hexdigest()}"
+    def _key(self, passage: Passage) -> str:
+        settings = [
+            str(Path(self.path).resolve()), self.num_queries, self.max_input_length, self.max_query_length,
+            self.top_k, self.seed,
+        ]  # fmt: skip
+        generator = hashlib.blake2b(json.dumps(settings).encode(), digest_size=8).hexdigest()
+        text = hashlib.blake2b(passage.full_text.encode(), digest_size=8).hexdigest()
+        return f"{generator}:{passage.id}:{text}"
 
     def _load(self) -> tuple[Any, Any]:
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer

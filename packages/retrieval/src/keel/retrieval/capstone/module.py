@@ -12,6 +12,11 @@ in-batch, cross-device and hard negatives, same metrics and checkpoints) with tw
   :mod:`keel.retrieval.capstone.multiview`), before training (``zeroshot/pool_*``) and at the end of
   testing (``test/pool_*``). The plain arm (``curriculum: none``) ranks the passages alone, through
   the same code.
+* **both inference modes at test**: since the plain arm is scored on passages alone and the others
+  through their views, ``test/pool_*`` mixes what training did with how inference scores. Every arm
+  therefore also logs both modes, ``test/alone_pool_*`` (each passage alone) and
+  ``test/views_pool_*`` (each passage through its first ``views`` pseudo queries), so the plain
+  model scored through views, or a curriculum model scored on passages alone, can be compared.
 
 In-batch validation and test losses expand each passage with its first pseudo query only.
 """
@@ -96,8 +101,12 @@ class CapstoneModule(BiEncoderModule):
                 self.log("train/curriculum_part", float(index + 1), on_step=True, on_epoch=False, batch_size=1)
         return super().forward_loss(batch)
 
-    def pool_metrics(self) -> dict[str, float]:
+    def pool_metrics(self, expanded: bool | None = None) -> dict[str, float]:
         """Multi-view ranking metrics of ``pool_split``'s judged pool (see the module docstring).
+
+        Args:
+            expanded: Score each passage through its views (``True``) or alone (``False``); ``None``:
+                as the arm infers (alone for ``curriculum: none``, else through its views).
 
         Raises:
             ConfigError: If the run has no :class:`~keel.retrieval.capstone.CapstoneDataModule`.
@@ -106,7 +115,9 @@ class CapstoneModule(BiEncoderModule):
         if datamodule is None or not hasattr(datamodule, "expansions"):
             raise ConfigError("pool_split ranks the datamodule's pool; train with a CapstoneDataModule")
         datamodule.setup()
-        expansions = datamodule.expansions if self.curriculum != "none" else {}
+        if expanded is None:
+            expanded = self.curriculum != "none"
+        expansions = datamodule.expansions if expanded else {}
         return multi_view_pool_ranking(
             self.model,
             datamodule.data,
@@ -119,9 +130,12 @@ class CapstoneModule(BiEncoderModule):
             expansion_max_length=datamodule.expansion_max_length,
         )
 
+    def _log_metrics(self, prefix: str, metrics: dict[str, float]) -> None:
+        for name, value in metrics.items():
+            self.log(f"{prefix}{name}", value, on_step=False, on_epoch=True, batch_size=1)
+
     def _log_pool(self, prefix: str) -> None:
-        for name, value in self.pool_metrics().items():
-            self.log(f"{prefix}/{name}", value, on_step=False, on_epoch=True, batch_size=1)
+        self._log_metrics(f"{prefix}/", self.pool_metrics())
 
     def on_train_start(self) -> None:
         """Rank the pool with the model as training finds it (not again when a run resumes)."""
@@ -129,6 +143,12 @@ class CapstoneModule(BiEncoderModule):
             self._log_pool("zeroshot")
 
     def on_test_epoch_end(self) -> None:
-        """Rank the pool with the trained model."""
-        if self.pool_split is not None:
-            self._log_pool("test")
+        """Rank the pool with the trained model: as the arm infers, then alone and through views."""
+        if self.pool_split is None:
+            return
+        own = self.pool_metrics()
+        other = self.pool_metrics(expanded=self.curriculum == "none")  # the mode the arm does not use
+        alone, views = (own, other) if self.curriculum == "none" else (other, own)
+        self._log_metrics("test/", own)
+        self._log_metrics("test/alone_", alone)
+        self._log_metrics("test/views_", views)

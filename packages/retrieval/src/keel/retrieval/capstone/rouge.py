@@ -3,21 +3,34 @@
 Lin (2004): with ``LCS(c, r)`` the length of the longest common subsequence of the word sequences of a
 candidate ``c`` and a reference ``r``, ``P = LCS / |c|``, ``R = LCS / |r|`` and, with beta = 1,
 ``F = 2 P R / (P + R) = 2 LCS / (|c| + |r|)``. CAPSTONE ranks a passage's pseudo queries by this score
-against the real training query. Words are runs of letters and digits, lower-cased, so
-punctuation and case do not count.
+against the real training query, computed by the official code with Google's ``rouge_score``
+(``RougeScorer(["rougeL"], use_stemmer=True)``). Its words are reproduced here: the text is
+lower-cased, every run of characters other than ``a-z`` and ``0-9`` separates words (so ``get_item``
+is two words and punctuation never counts), and a word longer than three letters is Porter-stemmed.
+The stemmer is the original Porter (1980) algorithm as Snowball implements it (PyStemmer's
+``porter``); ``rouge_score`` uses NLTK's Porter, whose few extensions change rare words only.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import lru_cache
 
-_WORD = re.compile(r"\w+")
+import Stemmer
+
+_NOT_WORD = re.compile(r"[^a-z0-9]+")
+_STEMMER = Stemmer.Stemmer("porter")
+
+
+@lru_cache(maxsize=1 << 16)
+def _stem(word: str) -> str:
+    return _STEMMER.stemWord(word) if len(word) > 3 else word
 
 
 def words(text: str) -> list[str]:
-    """The lower-cased words of ``text``."""
-    return _WORD.findall(text.lower())
+    """The words of ``text`` as ROUGE compares them: lower-cased, split on non-alphanumerics, stemmed."""
+    return [_stem(w) for w in _NOT_WORD.sub(" ", text.lower()).split()]
 
 
 def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:

@@ -1,4 +1,4 @@
-"""The BM25 baseline with bm25s (Snowball English stemming when PyStemmer is installed)."""
+"""The BM25 baseline with bm25s and PyStemmer's Snowball English stemmer."""
 
 from __future__ import annotations
 
@@ -9,10 +9,8 @@ from keel.retrieval._optional import require
 
 
 def _stemmer() -> Any:
-    try:
-        import Stemmer
-    except ImportError:  # bm25s works without it; the index then holds unstemmed words
-        return None
+    import Stemmer  # a dependency of keel-retrieval
+
     return Stemmer.Stemmer("english").stemWords
 
 

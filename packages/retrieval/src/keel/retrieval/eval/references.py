@@ -128,17 +128,18 @@ def arm_comparison_with_references(
     data_dir = str(_lookup(resolved, data_dir_key))
     data = read_beir(data_dir, [split])
     scored = {name: reference_metrics(name, data, split) for name in references}
+    common = [m for m in metrics if any(m in values for values in scored.values())]  # not an arm's own variants
     lines = [
         "",
         f"Reference systems on the same pool ({data_dir}, {split} split), without any training on it "
         "(dense models at their own maximum input lengths):",
         "",
-        "| system | " + " | ".join(f"test {m}" for m in metrics) + " |",
-        "|---|" + "---|" * len(metrics),
+        "| system | " + " | ".join(f"test {m}" for m in common) + " |",
+        "|---|" + "---|" * len(common),
     ]
     for name, values in scored.items():
         shown = "BM25" if name == "bm25" else ("all-MiniLM-L6-v2 (zero-shot)" if name == MINILM else name)
-        lines.append(f"| {shown} | " + " | ".join(f"{values.get(m, float('nan')):.4f}" for m in metrics) + " |")
+        lines.append(f"| {shown} | " + " | ".join(f"{values.get(m, float('nan')):.4f}" for m in common) + " |")
     lines += ["", *reference_verdicts(records, scored, comparison.get("metric", metrics[0]))]
     text = text + "\n" + "\n".join(lines)
     replace_block(experiment_dir / "README.md", text, name=block)
