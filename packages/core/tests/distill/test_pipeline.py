@@ -15,7 +15,13 @@ from transformers import BertConfig, BertModel
 
 from keel.core.data.sampling import resumable_loader
 from keel.core.distill.data import DefinitionPair, collate_texts
-from keel.core.distill.pipeline import DistillThenRetrieve, StagedLoader, stage_plan, staged_schedule
+from keel.core.distill.pipeline import (
+    DistillThenRetrieve,
+    StagedLoader,
+    clear_optimizer_state,
+    stage_plan,
+    staged_schedule,
+)
 from keel.core.distill.retrieval import PairDataset, RetrievalSet, collate_pairs
 from keel.core.errors import ConfigError
 
@@ -219,6 +225,33 @@ def test_fine_tuning_starts_with_a_fresh_optimizer_state() -> None:
     )  # fmt: skip
     trainer.fit(module, train_dataloaders=StagedLoader([("distill", text_loader(), 2), ("finetune", pairs, 1)]))
     assert steps == [1, 2, 1]  # Adam's step count restarts with fine-tuning
+
+
+def test_clearing_the_state_also_reaches_a_zero_style_optimizer() -> None:
+    """DeepSpeed's ZeRO optimizer exposes its inner optimizer's state, keyed by flat partitions."""
+
+    class FlatPartitionOptimizer:  # the shape of DeepSpeedZeroOptimizer: state is the inner one's
+        def __init__(self, parameters: list[torch.nn.Parameter]) -> None:
+            self.flat = torch.nn.Parameter(torch.cat([p.detach().flatten() for p in parameters]))
+            self.optimizer = torch.optim.AdamW([self.flat], lr=1e-2)
+
+        @property
+        def state(self):
+            return self.optimizer.state
+
+    model = torch.nn.Linear(3, 2)
+    zero = FlatPartitionOptimizer(list(model.parameters()))
+    for _ in range(3):
+        zero.flat.grad = torch.ones_like(zero.flat)
+        zero.optimizer.step()
+    assert int(zero.state[zero.flat]["step"]) == 3
+    assert not any(p in zero.state for p in model.parameters())  # popping model parameters would miss it
+    clear_optimizer_state(zero)
+    assert len(zero.optimizer.state) == 0
+    zero.flat.grad = torch.ones_like(zero.flat)
+    zero.optimizer.step()
+    assert int(zero.state[zero.flat]["step"]) == 1  # fresh moments, built again on the next step
+    clear_optimizer_state(object())  # an optimizer without state is left alone
 
 
 def test_scratch_run_never_calls_the_teacher_and_plans_are_checked() -> None:

@@ -71,11 +71,43 @@ def test_mask_rates_and_whole_words() -> None:
             assert set(word) <= keywords or not set(word) & keywords
 
 
+def test_every_task_list_has_the_main_pass_and_mlm_alone_has_nothing_else() -> None:
+    rng = random.Random(3)
+    items = [(i, random_text(rng, 12), None) for i in range(3)]
+    labels = {k for k in collator(["neighbour"])(items) if k.endswith("_labels")}
+    assert labels == {"main_encoder_labels", "neighbour_encoder_labels", "neighbour_labels"}
+    assert {k for k in collator(["mlm"])(items) if k.endswith("_labels")} == {"main_encoder_labels"}
+
+
+@pytest.mark.parametrize("task", ["keywords", "neighbour"])
+def test_decoder_masks_follow_the_keyword_weights(task: str) -> None:
+    """With 1/frequency weights a word seen once is masked before words seen a thousand times."""
+    words = 10
+    ids = [101, *range(1000, 1000 + words), 102]
+    keys = ["common"] * words
+    keys[7] = "rare"  # in the second half, which the neighbour decoder reads
+    text = TokenizedText(ids, [[p] for p in range(1, words + 1)], keys)
+    weights = KeywordWeights({}, {"common": 1000, "rare": 1}, 10)
+    corruption = Corruption(MASK, 30522, SPECIALS, mask_fraction=1.0, random_fraction=0.0)
+    collate = PretrainingCollator([task], weights, corruption)
+    rare_position = 8 if task == "keywords" else 3  # the neighbour decoder's text restarts after [CLS]
+    hits = 0
+    for index in range(200):
+        labels = collate([(index, text, None)])[f"{task}_labels"][0]
+        hits += int(labels[rare_position] != IGNORE)
+    assert hits >= 190  # a uniform 50% mask would hide it about 100 times
+    uniform = PretrainingCollator([task], KeywordWeights({}, {}, 10), corruption)
+    uniform_hits = sum(
+        int(uniform([(i, text, None)])[f"{task}_labels"][0][rare_position] != IGNORE) for i in range(200)
+    )
+    assert 60 <= uniform_hits <= 140
+
+
 def test_neighbour_task_encodes_the_first_half_and_decodes_the_second() -> None:
     rng = random.Random(2)
     text = random_text(rng, 10)
     batch = collator(["neighbour"])([(0, text, None)])
-    assert "main_encoder_input_ids" not in batch  # no task needs the main pass
+    assert "main_encoder_input_ids" in batch  # the whole passage's MLM pass is part of every pre-training
     first, second = text.segment(0, 5), text.segment(5, 10)
     encoded = original(batch["neighbour_encoder_input_ids"], batch["neighbour_encoder_labels"])[0]
     decoded = original(batch["neighbour_input_ids"], batch["neighbour_labels"])[0]

@@ -73,14 +73,15 @@ def test_idf_weights_by_hand() -> None:
         words_text([1, 1], ["the", "dog"]),
         words_text([1, 1, 1], ["the", "cat", "cat"]),
     ]
-    weights = KeywordWeights.from_texts(texts)
+    weights = KeywordWeights.from_texts(texts, "idf")
     assert weights.documents == 3
     assert weights("the") == pytest.approx(math.log(4 / 4) + 1)
     assert weights("cat") == pytest.approx(math.log(4 / 3) + 1)  # df counts passages, not occurrences
     assert weights("dog") == pytest.approx(math.log(4 / 2) + 1)
     assert weights("unseen") == pytest.approx(math.log(4 / 1) + 1)
     assert weights("unseen") > weights("dog") > weights("cat") > weights("the")
-    inverse = KeywordWeights.from_texts(texts, "inverse_frequency")
+    inverse = KeywordWeights.from_texts(texts)  # the default: the authors' 1 / collection frequency
+    assert inverse.weighting == "inverse_frequency"
     assert inverse("cat") == pytest.approx(1 / 3)  # collection frequency
     assert inverse("dog") == pytest.approx(1.0)
     with pytest.raises(ConfigError, match="weighting"):
@@ -89,7 +90,7 @@ def test_idf_weights_by_hand() -> None:
 
 def test_keyword_mask_draws_words_in_proportion_to_their_weight() -> None:
     keys = ["the", "of", "socket", "zyzzyva"]
-    weights = KeywordWeights({"the": 99, "of": 60, "socket": 5}, {}, 100)  # zyzzyva: never seen
+    weights = KeywordWeights({"the": 99, "of": 60, "socket": 5}, {}, 100, "idf")  # zyzzyva: never seen
     text = words_text([1, 1, 1, 1], keys)  # ratio 0.25 -> one word per mask
     rng = random.Random(0)
     draws = 6000

@@ -13,6 +13,7 @@ from keel.core.errors import ConfigError
 from keel.retrieval.master import BottleneckedAutoencoder, MaskedLMGenerator, MasterModule
 from keel.retrieval.master.data import PretrainingCollator
 from keel.retrieval.master.masking import IGNORE, Corruption, KeywordWeights, TokenizedText
+from keel.retrieval.master.model import check_tasks
 
 VOCAB, MASK = 120, 3
 THREE = ["keywords", "neighbour", "complementary"]
@@ -104,6 +105,25 @@ def test_perturbing_encoder_token_states_changes_only_the_encoder_terms() -> Non
         assert not torch.allclose(clean[name], noisy[name]), name
     assert set(clean) == {*THREE, "main_encoder_mlm", "neighbour_encoder_mlm", "complementary_encoder_mlm", "loss"}
     assert torch.allclose(clean["loss"], sum(v for k, v in clean.items() if k != "loss"))
+
+
+@pytest.mark.parametrize(
+    ("tasks", "terms"),
+    [
+        (["mlm"], {"main_encoder_mlm"}),
+        (["neighbour"], {"main_encoder_mlm", "neighbour_encoder_mlm", "neighbour"}),
+        (["complementary"], {"main_encoder_mlm", "complementary_encoder_mlm", "complementary"}),
+    ],
+)
+def test_every_pretraining_includes_the_encoder_mlm_over_the_whole_passage(tasks, terms) -> None:
+    """The authors' loss always adds the main pass's MLM (lm_out.loss), whatever the decoders."""
+    assert check_tasks(tasks) == ["mlm", *[t for t in tasks if t != "mlm"]]
+    assert check_tasks([]) == []
+    master = module(tasks)
+    assert set(master.autoencoder.decoders) == set(tasks) - {"mlm"}  # mlm is the encoder's, no decoder
+    losses = master.pretraining_losses(batch_for(tasks))
+    assert set(losses) == terms | {"loss"}
+    assert torch.allclose(losses["loss"], sum(losses[t] for t in terms))
 
 
 def test_mlm_loss_is_the_cross_entropy_at_the_labelled_positions_only() -> None:

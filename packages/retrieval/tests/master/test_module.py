@@ -67,10 +67,11 @@ def test_the_plan_pretrains_then_finetunes(tiny_model_dir: Path, tiny_beir: Path
     assert max(encoder_rates[15:]) == pytest.approx(1e-3)
     first, last = recorder.pretrain_losses[:3], recorder.pretrain_losses[-3:]
     assert sum(last) < sum(first), recorder.pretrain_losses
-    # entering fine-tuning reset the encoder's Adam moments; the decoders kept theirs
+    # entering fine-tuning cleared Adam's moments: the encoder counts only its fine-tuning steps, and
+    # the decoders, which no longer train, hold no state
     state = trainer.optimizers[0].state
     assert int(state[next(model.encoder.parameters())]["step"]) == 5
-    assert int(state[next(model.decoders.parameters())]["step"]) == 15
+    assert next(model.decoders.parameters()) not in state
     metrics = trainer.callback_metrics
     logged = {"zeroshot/pool_mrr@10", "train/pretrain_keywords", "train/pretrain_complementary_encoder_mlm"}
     assert logged | {"train/bottleneck_cosine"} <= set(metrics)

@@ -29,7 +29,12 @@ from keel.core.distill.module import (
     resolve_model_path,
     student_from,
 )
-from keel.core.distill.pipeline import DistillRetrievalDataModule, DistillThenRetrieve, StagedLoader
+from keel.core.distill.pipeline import (
+    DistillRetrievalDataModule,
+    DistillThenRetrieve,
+    StagedLoader,
+    clear_optimizer_state,
+)
 from keel.core.distill.retrieval import (
     DefinitionRetrievalDataModule,
     RetrievalEvaluator,
@@ -52,6 +57,7 @@ __all__ = [
     "StagedLoader",
     "WordPieceTextDataModule",
     "capture_last_layer_qkv",
+    "clear_optimizer_state",
     "definition_pairs",
     "distillation_losses",
     "distillation_sentences",

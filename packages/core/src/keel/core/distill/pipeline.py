@@ -219,14 +219,29 @@ def staged_schedule(
     return factor
 
 
+def clear_optimizer_state(optimizer: Any) -> None:
+    """Forget every moment and step count of ``optimizer``, so its next step starts as a fresh one's.
+
+    Staged training calls it when fine-tuning starts: every parameter that keeps training (the
+    encoder) then starts as it would from scratch, and parameters that stop training (decoders,
+    teachers, at learning rate 0) need no state. A DeepSpeed ZeRO optimizer's ``state`` is its inner
+    optimizer's, keyed by flat fp32 partitions rather than by the model's parameters, so the state is
+    cleared whole rather than per parameter; Adam, AdamW, FusedAdam and DeepSpeedCPUAdam all build a
+    missing state again on their next step.
+    """
+    state = getattr(optimizer, "state", None)
+    if state is not None:
+        state.clear()
+
+
 class DistillThenRetrieve(SkipsFrozenWeights, L.LightningModule):
     """Distil a student (optionally through a teacher assistant), then fine-tune it for retrieval.
 
     One optimizer holds every trained parameter (DeepSpeed supports one), in a parameter group per
     trained model; each group's learning rate follows :func:`staged_schedule`, so it is 0 outside the
-    group's stages. When the student enters fine-tuning its optimizer state (Adam's moments) is reset,
-    so fine-tuning starts the same way after distillation as from scratch (where the optimizer keeps a
-    per-parameter state; a ZeRO-partitioned one keeps its moments).
+    group's stages. When the student enters fine-tuning the optimizer state (Adam's moments) is cleared
+    (:func:`clear_optimizer_state`, also under ZeRO), so fine-tuning starts the same way after
+    distillation as from scratch.
 
     Args:
         student: The model that is fine-tuned and evaluated (for the teacher's own score: the teacher).
@@ -342,11 +357,7 @@ class DistillThenRetrieve(SkipsFrozenWeights, L.LightningModule):
         self.stage = self.entered = stage
         self.train(self.training)
         if stage == "finetune":
-            optimizer = self.optimizers(use_pl_optimizer=False)
-            state = getattr(optimizer, "state", None)
-            if isinstance(state, dict):
-                for param in self.student.parameters():
-                    state.pop(param, None)
+            clear_optimizer_state(self.optimizers(use_pl_optimizer=False))
             if self.zero_shot:
                 self.log_zero_shot()
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from keel.core.distill.pipeline import staged_schedule
+from keel.core.distill.pipeline import clear_optimizer_state, staged_schedule
 from keel.core.errors import ConfigError
 from keel.retrieval.biencoder import BiEncoderModule
 from keel.retrieval.ict_bfs_wlp.data import stage_plan
@@ -83,11 +83,7 @@ class PretrainThenFinetune(BiEncoderModule):
     def enter(self, stage: str) -> None:
         """Start a stage; fine-tuning after pre-training starts with fresh optimizer moments."""
         if stage == "finetune" and self.entered is not None:
-            optimizer = self.optimizers(use_pl_optimizer=False)
-            state = getattr(optimizer, "state", None)
-            if isinstance(state, dict):  # a ZeRO-partitioned optimizer keeps its own state
-                for param in self.parameters():
-                    state.pop(param, None)
+            clear_optimizer_state(self.optimizers(use_pl_optimizer=False))  # also under ZeRO
         self.entered = stage
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:

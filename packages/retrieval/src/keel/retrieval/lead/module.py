@@ -193,6 +193,8 @@ class LEADModule(SkipsFrozenWeights, BiEncoderModule):
         w = self.loss_weights
         total = w["contrastive"] * out.loss + w["final"] * final + w["layers"] * layered.loss
         logged = {"contrastive": out.loss, "final_kl": final, "layer_kl": layered.loss}
+        if layered.weights.numel():  # how far the teacher-loss weights are from uniform (1 / K)
+            logged["layer_weight_max"] = layered.weights.max()
         if self.train_teacher:
             teacher_own = torch.nn.functional.cross_entropy(teacher_final, out.labels)
             reverse = score_kl(out.logits, teacher_final, mask, self.distill_temperature)

@@ -240,7 +240,7 @@ class MasterDataModule(L.LightningDataModule):
         decoder_mlm_probability: See :class:`PretrainingCollator`.
         complementary_probability: See :class:`PretrainingCollator`.
         generator_probability: See :class:`PretrainingCollator`.
-        keyword_weighting: ``idf`` or ``inverse_frequency`` (see
+        keyword_weighting: ``inverse_frequency`` (the authors') or ``idf`` (see
             :class:`~keel.retrieval.master.masking.KeywordWeights`).
         neighbour: ``half`` or ``next``.
         seed: Seed of the pre-training order and masks.
@@ -258,7 +258,7 @@ class MasterDataModule(L.LightningDataModule):
         decoder_mlm_probability: float = 0.5,
         complementary_probability: float = 0.5,
         generator_probability: float = 0.15,
-        keyword_weighting: str = "idf",
+        keyword_weighting: str = "inverse_frequency",
         neighbour: str = "half",
         seed: int = 0,
         num_workers: int = 0,

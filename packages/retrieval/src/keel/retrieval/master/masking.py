@@ -15,10 +15,12 @@ original token). Three kinds of masks:
 
 Rarity weights (:class:`KeywordWeights`) come from the pre-training corpus itself: a word is the
 lower-cased text of a tokenizer word (the tokens the tokenizer's pre-tokenizer groups, e.g.
-``anti ##dis ##est ##ab ##lish ##ment``), counted once per passage it occurs in. The default weight
-is the smoothed IDF ``log((1 + N) / (1 + df)) + 1`` over the ``N`` passages (positive for every word,
-largest for words never seen); ``inverse_frequency`` is the authors' released choice,
-``1 / collection frequency`` (1 for an unseen word).
+``anti ##dis ##est ##ab ##lish ##ment``). The default, ``inverse_frequency``, is the authors'
+released choice: ``1 / collection frequency`` (its count over all passages; 1 for an unseen word),
+so a word seen once is drawn a thousand times as readily as one seen a thousand times. ``idf``, the
+smoothed ``log((1 + N) / (1 + df)) + 1`` over the ``N`` passages (``df`` counting each passage once),
+is a much flatter alternative: its weights lie between 1 and ``log(1 + N) + 1`` (10.6 over the
+14,718 passages of the Python documentation), so its 50% keyword mask is close to a uniform one.
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ class KeywordWeights:
         document_frequency: Word -> number of passages it occurs in.
         collection_frequency: Word -> number of occurrences in all passages.
         documents: Number of passages counted.
-        weighting: ``idf`` or ``inverse_frequency``.
+        weighting: ``inverse_frequency`` (the authors') or ``idf``.
     """
 
     def __init__(
@@ -116,7 +118,7 @@ class KeywordWeights:
         document_frequency: Mapping[str, int],
         collection_frequency: Mapping[str, int],
         documents: int,
-        weighting: str = "idf",
+        weighting: str = "inverse_frequency",
     ) -> None:
         if weighting not in WEIGHTINGS:
             raise ConfigError(f"keyword weighting must be one of {', '.join(WEIGHTINGS)}, got '{weighting}'")
@@ -126,7 +128,7 @@ class KeywordWeights:
         self.weighting = weighting
 
     @classmethod
-    def from_texts(cls, texts: Iterable[TokenizedText], weighting: str = "idf") -> KeywordWeights:
+    def from_texts(cls, texts: Iterable[TokenizedText], weighting: str = "inverse_frequency") -> KeywordWeights:
         """Count every word of ``texts`` (each text one passage)."""
         document_frequency: Counter[str] = Counter()
         collection_frequency: Counter[str] = Counter()

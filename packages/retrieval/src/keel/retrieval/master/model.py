@@ -14,11 +14,13 @@ the encoder's word embeddings (MASTER shares BERT's ``cls`` head across decoders
 cross-entropy at the labelled positions only, and the logits are computed only there (projecting
 every position onto a 30k vocabulary would dominate the cost of a small model).
 
-Tasks (each one decoder; see :mod:`keel.retrieval.master.data` for the inputs and masks):
+Tasks (each but ``mlm`` one decoder; see :mod:`keel.retrieval.master.data` for the inputs and masks):
 
 ==================  ====================================================================
+``mlm``             the encoder's own masked LM over the whole passage (30%), no decoder;
+                    part of every pre-training, as the authors' loss always adds it
 ``keywords``        masked keyword prediction: the passage, keyword-masked at 50%
-``neighbour``       neighbouring passage recovery: the next passage (or second half)
+``neighbour``       neighbouring passage recovery: the second half (or the next passage)
 ``complementary``   complementary mask: the passage masked where the encoder was *not*
 ``corrupted``       corrupted-token recovery: tokens a generator replaced (optional)
 ``replaced``        replaced-token detection over a generator's output (optional)
@@ -43,13 +45,16 @@ from keel.core.errors import ConfigError
 from keel.retrieval.master.masking import IGNORE
 from keel.retrieval.nn.biencoder import BiEncoder
 
-TASKS = ("keywords", "neighbour", "complementary", "corrupted", "replaced")
+TASKS = ("mlm", "keywords", "neighbour", "complementary", "corrupted", "replaced")
+#: Tasks with a shallow decoder of their own (``mlm`` is the encoder's).
+DECODER_TASKS = TASKS[1:]
 #: Tasks whose decoder input comes from a generator's output (off unless a generator is given).
 GENERATOR_TASKS = ("corrupted", "replaced")
 #: The encoder pass whose [CLS] feeds each task's decoder. ``main`` encodes the passage with a
 #: uniform 30% mask; ``neighbour`` the first passage of a pair; ``complementary`` the passage with
 #: the complementary task's own 50% mask.
 ENCODER_PASS = {
+    "mlm": "main",
     "keywords": "main",
     "corrupted": "main",
     "replaced": "main",
@@ -59,7 +64,11 @@ ENCODER_PASS = {
 
 
 def check_tasks(tasks: Sequence[str]) -> list[str]:
-    """The tasks in canonical order, without repeats.
+    """The tasks in canonical order, without repeats; ``mlm`` joins any non-empty list.
+
+    The authors' pre-training loss always includes the encoder's MLM over the whole passage
+    (``lm_out.loss`` in every ``final_loss``), so a decoder task never runs without it: ``[neighbour]``
+    is ``[mlm, neighbour]``, and ``[mlm]`` alone is plain masked-LM pre-training of the encoder.
 
     Raises:
         ConfigError: On an unknown task.
@@ -67,7 +76,8 @@ def check_tasks(tasks: Sequence[str]) -> list[str]:
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise ConfigError(f"unknown MASTER task(s) {unknown}; tasks are {', '.join(TASKS)}")
-    return [t for t in TASKS if t in tasks]
+    chosen = set(tasks) | ({"mlm"} if tasks else set())
+    return [t for t in TASKS if t in chosen]
 
 
 def encoder_passes(tasks: Sequence[str]) -> list[str]:
@@ -164,7 +174,11 @@ class BottleneckedAutoencoder(nn.Module):
         ffn = getattr(config, "intermediate_size", 4 * width)
         heads = config.num_attention_heads
         self.decoders = nn.ModuleDict(
-            {task: ShallowDecoder(width, heads, ffn, decoder_layers, dropout, eps) for task in self.tasks}
+            {
+                task: ShallowDecoder(width, heads, ffn, decoder_layers, dropout, eps)
+                for task in self.tasks
+                if task in DECODER_TASKS
+            }
         )
         self.replaced_head = nn.Linear(width, 1) if "replaced" in self.tasks else None
         self.tokenizer_json = _read_tokenizer_json(tokenizer) if tokenizer else None

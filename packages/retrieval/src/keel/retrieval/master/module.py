@@ -11,7 +11,9 @@ whose checkpoint :func:`~keel.retrieval.master.biencoder_from_checkpoint` loads 
 
    where each encoder pass predicts its own masked tokens, and each task's decoder predicts its
    labelled tokens from the pass's [CLS] bottleneck and its own corrupted input (token
-   cross-entropy; binary cross-entropy for replaced-token detection).
+   cross-entropy; binary cross-entropy for replaced-token detection). The ``main`` pass (the whole
+   passage, 30% masked) runs in every pre-training, whatever the tasks, as the authors' loss always
+   includes it; the neighbour and complementary tasks add their own passes.
 2. ``finetune``: :class:`~keel.retrieval.biencoder.BiEncoderModule`'s contrastive step on the same
    encoder (one shared tower, [CLS] pooling by default); the decoders are no longer used.
 
@@ -22,9 +24,9 @@ so validation, test, metrics and checkpoints are the bi-encoder's: ``keel retrie
 One optimizer holds every parameter (DeepSpeed supports one), in groups whose learning rates follow
 :func:`keel.core.distill.pipeline.staged_schedule`: the encoder trains in both stages, the decoders
 and the MLM head only in ``pretrain``, a learned temperature only in ``finetune``. Entering
-fine-tuning resets the encoder's optimizer state, so fine-tuning starts the same way after
-pre-training as from the random initialisation (with a per-parameter optimizer state; under ZeRO,
-whose optimizer keeps flat partitions, the moments carry over), and (with ``zero_shot_split``)
+fine-tuning clears the optimizer state (:func:`keel.core.distill.pipeline.clear_optimizer_state`,
+also under ZeRO), so fine-tuning starts the same way after pre-training as from the random
+initialisation, and (with ``zero_shot_split``)
 ranks the split's judged pool with the encoder as pre-training left it, logged as ``zeroshot/pool_*``.
 """
 
@@ -37,7 +39,7 @@ import torch
 from torch import nn
 
 from keel.core.checkpoint import SkipsFrozenWeights
-from keel.core.distill.pipeline import staged_schedule
+from keel.core.distill.pipeline import clear_optimizer_state, staged_schedule
 from keel.core.errors import ConfigError
 from keel.retrieval.biencoder import BiEncoderModule
 from keel.retrieval.master.data import stage_plan
@@ -166,11 +168,7 @@ class MasterModule(SkipsFrozenWeights, BiEncoderModule):
         self.entered = stage
         if stage != "finetune":
             return
-        optimizer = self.optimizers(use_pl_optimizer=False)
-        state = getattr(optimizer, "state", None)
-        if isinstance(state, dict):
-            for param in self.model.parameters():
-                state.pop(param, None)
+        clear_optimizer_state(self.optimizers(use_pl_optimizer=False))  # the decoders train no more
         if self.zero_shot_split is not None:
             self.log_zero_shot(self.zero_shot_split)
 
