@@ -5,7 +5,7 @@ only that vector and their own corrupted input, recover the passage's keywords, 
 passage, the tokens a complementary mask hid from them, and (optionally) a generator's edits. The
 encoder is then fine-tuned as a bi-encoder.
 
-- :mod:`~keel.retrieval.master.masking`: whole-word, keyword-weighted (IDF) and complementary masks.
+- :mod:`~keel.retrieval.master.masking`: whole-word, keyword-weighted (1/frequency or IDF) and complementary masks.
 - :mod:`~keel.retrieval.master.model`: :class:`BottleneckedAutoencoder`, export to a bi-encoder.
 - :mod:`~keel.retrieval.master.generator`: the generator interface of the optional tasks.
 - :mod:`~keel.retrieval.master.data`: pre-training batches and :class:`MasterDataModule`.
