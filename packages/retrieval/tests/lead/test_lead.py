@@ -196,6 +196,42 @@ def test_loss_adds_the_distillation_terms_to_the_students_own(tiny_model_dir: Pa
     torch.testing.assert_close(full.forward_loss(batch).loss, student.loss)
 
 
+def test_two_layer_pairs_are_weighted_by_the_teacher_layers_losses(tiny_model_dir: Path, tiny_beir: Path) -> None:
+    """K=2: both student layers learn from both teacher layers, weighted softmax(-NLL / tau)."""
+    batch = _batch(tiny_model_dir, tiny_beir)
+    torch.manual_seed(0)
+    student = truncated_biencoder(str(tiny_model_dir), num_layers=2)
+    teacher = biencoder_from_pretrained(str(tiny_model_dir))
+    with torch.no_grad():  # the tiny teacher has 2 layers: move the student away from being its copy
+        for param in student.parameters():
+            param.add_(0.2 * torch.randn_like(param))
+    optimizer = functools.partial(torch.optim.AdamW, lr=1e-3)
+    lead = LEADModule(student, optimizer, teacher, layers=2, layer_temperature=0.01)
+    alone = BiEncoderModule(student, optimizer)
+    lead.train()
+    alone.train()
+    with torch.no_grad():
+        own = alone.forward_loss(batch)
+        total = lead.forward_loss(batch).loss
+        assert lead.current_layers() == ([1, 2], [1, 2])  # every layer of both 2-layer models, in order
+        mask, labels = own.false_negatives, own.labels
+        queries = (batch["query_input_ids"], batch["query_attention_mask"])
+        passages = (batch["passage_input_ids"], batch["passage_attention_mask"], "passage")
+        tq, tp = layer_embeddings(teacher, *queries), layer_embeddings(teacher, *passages)
+        sq, sp = layer_embeddings(student, *queries), layer_embeddings(student, *passages)
+        t_scores = [masked_scores(tq[a], tp[a], teacher.temperature, mask) for a in (1, 2)]
+        s_scores = [masked_scores(sq[b], sp[b], student.temperature, mask) for b in (1, 2)]
+        nll = torch.stack([F.cross_entropy(s, labels) for s in t_scores])
+        weights = torch.softmax(-nll / 0.01, dim=0)
+        kls = [score_kl(t, s, mask) for t, s in zip(t_scores, s_scores, strict=True)]
+        layered = weights[0] * kls[0] + weights[1] * kls[1]
+        final = score_kl(t_scores[-1], own.logits, mask)
+    # neither the weights nor the two pairs' KLs are equal, so a uniform weighting would show
+    assert abs(weights[0] - weights[1]) > 0.05
+    assert abs(kls[0] - kls[1]) > 0.01 * abs(kls[0])
+    assert total.item() == pytest.approx((own.loss + final + layered).item(), rel=1e-5)
+
+
 def test_module_checks_its_settings(tiny_model_dir: Path) -> None:
     with pytest.raises(ConfigError, match="K=2"):
         _modules(tiny_model_dir, layers=2)
