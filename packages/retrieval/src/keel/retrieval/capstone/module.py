@@ -146,9 +146,7 @@ class CapstoneModule(BiEncoderModule):
         """Rank the pool with the trained model: as the arm infers, then alone and through views."""
         if self.pool_split is None:
             return
-        own = self.pool_metrics()
-        other = self.pool_metrics(expanded=self.curriculum == "none")  # the mode the arm does not use
-        alone, views = (own, other) if self.curriculum == "none" else (other, own)
-        self._log_metrics("test/", own)
+        alone, views = self.pool_metrics(expanded=False), self.pool_metrics(expanded=True)
+        self._log_metrics("test/", alone if self.curriculum == "none" else views)  # as the arm infers
         self._log_metrics("test/alone_", alone)
         self._log_metrics("test/views_", views)
