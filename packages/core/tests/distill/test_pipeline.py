@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from keel.core.distill.pipeline import (
 )
 from keel.core.distill.retrieval import PairDataset, RetrievalSet, collate_pairs
 from keel.core.errors import ConfigError
+from keel.core.testing import RunIf
+from keel.core.testing.launch import run_ranks
 
 ROOT = Path(__file__).resolve().parents[4]
 
@@ -227,31 +230,8 @@ def test_fine_tuning_starts_with_a_fresh_optimizer_state() -> None:
     assert steps == [1, 2, 1]  # Adam's step count restarts with fine-tuning
 
 
-def test_clearing_the_state_also_reaches_a_zero_style_optimizer() -> None:
-    """DeepSpeed's ZeRO optimizer exposes its inner optimizer's state, keyed by flat partitions."""
-
-    class FlatPartitionOptimizer:  # the shape of DeepSpeedZeroOptimizer: state is the inner one's
-        def __init__(self, parameters: list[torch.nn.Parameter]) -> None:
-            self.flat = torch.nn.Parameter(torch.cat([p.detach().flatten() for p in parameters]))
-            self.optimizer = torch.optim.AdamW([self.flat], lr=1e-2)
-
-        @property
-        def state(self):
-            return self.optimizer.state
-
-    model = torch.nn.Linear(3, 2)
-    zero = FlatPartitionOptimizer(list(model.parameters()))
-    for _ in range(3):
-        zero.flat.grad = torch.ones_like(zero.flat)
-        zero.optimizer.step()
-    assert int(zero.state[zero.flat]["step"]) == 3
-    assert not any(p in zero.state for p in model.parameters())  # popping model parameters would miss it
-    clear_optimizer_state(zero)
-    assert len(zero.optimizer.state) == 0
-    zero.flat.grad = torch.ones_like(zero.flat)
-    zero.optimizer.step()
-    assert int(zero.state[zero.flat]["step"]) == 1  # fresh moments, built again on the next step
-    clear_optimizer_state(object())  # an optimizer without state is left alone
+def test_an_optimizer_without_state_is_left_alone() -> None:
+    clear_optimizer_state(object())  # e.g. a stand-in optimizer in a unit test: nothing to clear
 
 
 def test_scratch_run_never_calls_the_teacher_and_plans_are_checked() -> None:
@@ -306,3 +286,55 @@ def test_the_sweeps_scratch_arm_builds_without_loading_the_teacher(monkeypatch: 
     teacher_arm = load_config(experiment, arms["teacher"]["overrides"], tiny=True)
     assert teacher_arm.model.student._target_ == "keel.core.distill.pretrained"
     assert teacher_arm.model.teacher is None
+
+
+ZERO_WORKER = """
+import json, sys
+import torch
+import deepspeed
+from keel.core.distill.pipeline import clear_optimizer_state
+from keel.core.trainer import deepspeed_strategy
+
+torch.set_num_threads(1)
+deepspeed.init_distributed(dist_backend="gloo")
+torch.manual_seed(0)
+model = torch.nn.Linear(4, 2)
+config = dict(deepspeed_strategy("deepspeed_stage_2").config)
+config.update(train_micro_batch_size_per_gpu=2, gradient_accumulation_steps=1)
+engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-2), config=config)
+
+def step():
+    engine.backward(engine(torch.ones(2, 4)).square().sum())
+    engine.step()
+
+def steps_counted():
+    return sorted(int(s["step"]) for s in engine.optimizer.state.values())
+
+for _ in range(3):
+    step()
+before = steps_counted()
+keyed_by_parameters = any(p in engine.optimizer.state for p in engine.module.parameters())
+clear_optimizer_state(engine.optimizer)
+cleared = len(engine.optimizer.state)
+step()
+with open(sys.argv[1], "w") as out:
+    json.dump({"before": before, "keyed_by_parameters": keyed_by_parameters, "cleared": cleared,
+               "after": steps_counted(), "zero": type(engine.optimizer).__name__}, out)
+"""
+
+
+@RunIf(deepspeed=True, distributed=True, linux=True)
+def test_clearing_the_state_of_a_real_zero_2_optimizer(tmp_path: Path) -> None:
+    """DeepSpeed's engine on the CPU: its ZeRO-2 state is keyed by flat partitions, and clearing restarts it."""
+    script = tmp_path / "worker.py"
+    script.write_text(ZERO_WORKER)
+    out = tmp_path / "result.json"
+    run_ranks(script, [out], 1, env={"DS_ACCELERATOR": "cpu"})
+    result = json.loads(out.read_text())
+    assert result["zero"] != "AdamW", "the engine must wrap AdamW in a ZeRO optimizer"
+    assert result["before"]
+    assert all(s == 3 for s in result["before"])
+    assert not result["keyed_by_parameters"], "popping the model's parameters would find nothing"
+    assert result["cleared"] == 0
+    assert result["after"]
+    assert all(s == 1 for s in result["after"]), "moments restart with the next step"
