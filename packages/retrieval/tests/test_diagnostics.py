@@ -70,7 +70,9 @@ def test_teacher_layer_losses_end_with_the_models_own_in_batch_loss(tiny_model_d
     data = read_beir(tiny_beir)
     model = biencoder_from_pretrained(str(tiny_model_dir), pooling="mean", temperature=0.05)
     tokenizer = teacher_tokenizer(str(tiny_model_dir))
+    model.train()
     result = teacher_layer_losses(model, tokenizer, data, "train", batches=1, batch_size=4, max_length=16)
+    assert model.training, "the model is left in the mode it was in"
     assert result["layers"] == 2
     (losses,), (weights,) = result["losses"], result["weights"]
     assert sum(weights) == pytest.approx(1.0)
@@ -80,6 +82,7 @@ def test_teacher_layer_losses_end_with_the_models_own_in_batch_loss(tiny_model_d
     chosen = random.Random(0).sample(sorted(data.qrels["train"]), 4)
     q = pad(encode(tokenizer, [queries[qid].text for qid in chosen], 16))
     p = pad(encode(tokenizer, [data.corpus[next(iter(data.qrels["train"][qid]))].full_text for qid in chosen], 16))
+    model.eval()
     with torch.no_grad():
         scores = model.encode(*q, "query") @ model.encode(*p, "passage").T / 0.05
     assert losses[-1] == pytest.approx(F.cross_entropy(scores, torch.arange(4)).item(), rel=1e-4)

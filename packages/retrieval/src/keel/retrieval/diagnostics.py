@@ -129,6 +129,7 @@ def teacher_layer_losses(
 
     A batch is ``batch_size`` queries, each with the first passage judged for it; every layer's
     pooled, normalised embeddings score the batch at the model's temperature (LEAD's layer scores).
+    The model is evaluated in eval mode and left in the mode it was in.
     """
     import torch
     import torch.nn.functional as F
@@ -140,6 +141,7 @@ def teacher_layer_losses(
     judged = sorted(data.qrels[split])
     chosen = random.Random(seed).sample(judged, min(len(judged), batches * batch_size))
     losses, weights = [], []
+    was_training = model.training
     model.eval()
     for start in range(0, len(chosen) - batch_size + 1, batch_size):
         batch = chosen[start : start + batch_size]
@@ -153,4 +155,5 @@ def teacher_layer_losses(
         labels = torch.arange(len(batch))
         losses.append([F.cross_entropy(s, labels).item() for s in scores])
         weights.append(layer_weights(scores, labels, layer_temperature).tolist())
+    model.train(was_training)
     return {"layers": len(losses[0]) if losses else 0, "losses": losses, "weights": weights}
