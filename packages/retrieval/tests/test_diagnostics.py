@@ -92,3 +92,20 @@ def test_diagnose_prints_json_last(tiny_beir: Path, capsys: pytest.CaptureFixtur
     assert main(["diagnose", "overlap", "--data", str(tiny_beir)]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["queries"] == 3
+
+
+def test_diagnose_builds_what_the_experiments_configs_build() -> None:
+    """The pair builders and the pseudo-query expander come from the experiments' configs, with the seed given."""
+    from keel.retrieval.capstone import PassageQueries
+    from keel.retrieval.cli import _experiment_node
+    from keel.retrieval.ict_bfs_wlp import BodyFirstSelection, WikiLinkPrediction
+
+    bfs = _experiment_node("retrieval/ict_bfs_wlp", "data.pretrain.train_pairs.tasks.bfs", 3)
+    assert isinstance(bfs, BodyFirstSelection)
+    assert (bfs.seed, bfs.pairs_per_page) == (3, 8)
+    wlp = _experiment_node("retrieval/ict_bfs_wlp", "data.pretrain.train_pairs.tasks.wlp", 0)
+    assert isinstance(wlp, WikiLinkPrediction)
+    assert wlp.pairs_per_link == 2
+    expander = _experiment_node("retrieval/capstone", "data.expander", 0)
+    assert isinstance(expander, PassageQueries)
+    assert (expander.max_queries, expander.min_words, expander.max_words) == (10, 3, 24)

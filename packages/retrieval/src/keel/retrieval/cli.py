@@ -22,6 +22,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from keel.core.errors import ConfigError, DataError
 
@@ -231,24 +232,20 @@ def diagnose(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     split = args.split or ("test" if args.kind == "overlap" else "train")
     if args.kind in ("links", "pairs"):
-        from keel.retrieval.ict_bfs_wlp import BodyFirstSelection, InverseCloze, PageGraph, WikiLinkPrediction
+        from keel.retrieval.ict_bfs_wlp import PageGraph
 
         graph = PageGraph.read(args.data)
         if args.kind == "links":
             result = diagnostics.link_targets(graph, args.top or 4)
-        else:  # the builders as the experiment's config.yaml sets them
-            builder = {
-                "ict": InverseCloze(seed=args.seed),
-                "bfs": BodyFirstSelection(seed=args.seed, pairs_per_page=8),
-                "wlp": WikiLinkPrediction(seed=args.seed, pairs_per_link=2),
-            }[args.task]
+        else:
+            builder = _experiment_node(
+                "retrieval/ict_bfs_wlp", f"data.pretrain.train_pairs.tasks.{args.task}", args.seed
+            )
             data = read_beir(args.data)
             pairs = list(dict.fromkeys(builder(data)))  # distinct pairs, as TaskMixture keeps them
             result = diagnostics.pair_concentration(pairs, data, graph, args.top or 10)
     elif args.kind == "candidates":
-        from keel.retrieval.capstone import PassageQueries
-
-        expander = PassageQueries(max_queries=10, min_words=3, max_words=24)  # experiments/retrieval/capstone
+        expander = _experiment_node("retrieval/capstone", "data.expander", args.seed)
         result = diagnostics.pseudo_query_room(read_beir(args.data, [split]), expander, split, seed=args.seed)
     elif args.kind == "overlap":
         result = diagnostics.headword_overlap(read_beir(args.data, [split]), split)
@@ -263,6 +260,17 @@ def diagnose(argv: list[str]) -> int:
         result = diagnostics.teacher_layer_losses(model, teacher_tokenizer(path), data, split, seed=args.seed)
     print(json.dumps(result, ensure_ascii=False), flush=True)
     return 0
+
+
+def _experiment_node(experiment: str, key: str, seed: int) -> Any:
+    """The object an experiment's config builds at ``key`` (with ``seed``), so a diagnosis measures what runs."""
+    from omegaconf import OmegaConf
+
+    from keel.core.config import find_experiment, load_config
+    from keel.core.instantiate import instantiate
+
+    cfg = load_config(find_experiment(experiment), [f"seed={seed}"])
+    return instantiate(OmegaConf.select(cfg, key))
 
 
 def _write_trec_run(path: Path, run: dict[str, dict[str, float]], tag: str) -> None:
