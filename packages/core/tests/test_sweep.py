@@ -75,6 +75,33 @@ def test_expand_full_and_tiny(project: Path) -> None:
         profile_of(spec, "gpu")
 
 
+def test_a_profile_with_its_own_arms_runs_only_those(project: Path) -> None:
+    from keel.core.config import find_experiment
+    from keel.core.sweep import profile_of
+
+    sweep = project / "experiments" / "toy" / "sweep.yaml"
+    own_arms = "  longer:\n    tiny: true\n    overrides: [trainer.max_steps=2]\n    arms:\n      plain: {}\n"
+    own_arms += "      plain_long: {overrides: [trainer.max_steps=5]}\n"
+    sweep.write_text(SWEEP.replace("analysis:\n  _target_", own_arms + "analysis:\n  _target_"))
+    spec = load_sweep(find_experiment("toy"))
+    longer = expand(spec, profile_of(spec, "longer"), overrides=[])
+    assert [r.name for r in longer] == ["plain_seed=0", "plain_seed=1", "plain_long_seed=0", "plain_long_seed=1"]
+    # the profile's overrides come first, so its arm's own step count wins
+    assert longer[2].overrides == ["trainer.max_steps=2", "trainer.max_steps=5", "seed=0"]
+    assert [r.name for r in expand(spec, profile_of(spec, "longer"), [], only=["plain_long"])] == [
+        "plain_long_seed=0",
+        "plain_long_seed=1",
+    ]
+    with pytest.raises(ConfigError, match="no arm named"):
+        expand(spec, profile_of(spec, "longer"), [], only=["wide"])  # the sweep's arm, not this profile's
+    assert len(expand(spec, profile_of(spec, "short"), [])) == 6  # other profiles keep the sweep's arms
+    sweep.write_text(
+        SWEEP.replace("analysis:\n  _target_", own_arms.replace("{}", "{steps: 3}") + "analysis:\n  _target_")
+    )
+    with pytest.raises(ConfigError, match="profile 'longer': arm 'plain' has unknown keys"):
+        load_sweep(find_experiment("toy"))
+
+
 def test_sweep_runs_analyses_and_resumes(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sweep", "toy"]) == 0
     out = capsys.readouterr().out

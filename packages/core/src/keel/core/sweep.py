@@ -18,7 +18,8 @@ An experiment that compares methods keeps a ``sweep.yaml`` beside its ``config.y
 
 A profile may also hold ``analysis:`` arguments that replace the sweep's for its runs, e.g.
 ``cpu_large: {..., analysis: {block: cpu_large}}`` for an analysis that writes each profile's
-results to its own README block.
+results to its own README block, and ``arms:`` of its own that it runs instead of the sweep's
+(a control that only one setting needs, e.g. a baseline given the compute another arm took there).
 
 Without a ``tiny`` profile, ``--tiny`` applies ``tiny.yaml`` to the first seed and first grid point.
 Every run is an ordinary keel run (its own folder with ``resolved.yaml``, ``metrics.csv``,
@@ -97,17 +98,25 @@ def load_sweep(experiment: Experiment) -> dict[str, Any]:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
     if not spec.get("arms"):
         raise ConfigError(f"{path}: needs at least one arm under arms:")
-    for arm, body in spec["arms"].items():
-        extra = set(body or {}) - {"overrides", "grid"}
-        if extra:
-            raise ConfigError(f"{path}: arm '{arm}' has unknown keys {sorted(extra)}")
+    _check_arms(path, spec["arms"], where="")
     for name, profile in (spec.get("profiles") or {}).items():
-        extra = set(profile or {}) - {"tiny", "seeds", "grid_points", "overrides", "analysis"}
+        extra = set(profile or {}) - {"tiny", "seeds", "grid_points", "overrides", "analysis", "arms"}
         if extra:
             raise ConfigError(f"{path}: profile '{name}' has unknown keys {sorted(extra)}")
         if not isinstance((profile or {}).get("analysis", {}), dict):
             raise ConfigError(f"{path}: profile '{name}': analysis must map argument names to values")
+        if "arms" in (profile or {}):
+            if not isinstance(profile["arms"], dict) or not profile["arms"]:
+                raise ConfigError(f"{path}: profile '{name}': arms must name at least one arm")
+            _check_arms(path, profile["arms"], where=f"profile '{name}': ")
     return spec
+
+
+def _check_arms(path: Path, arms: dict[str, Any], where: str) -> None:
+    for arm, body in arms.items():
+        extra = set(body or {}) - {"overrides", "grid"}
+        if extra:
+            raise ConfigError(f"{path}: {where}arm '{arm}' has unknown keys {sorted(extra)}")
 
 
 DEFAULT_TINY_PROFILE = {"tiny": True, "grid_points": 1}
@@ -134,6 +143,8 @@ def expand(
 ) -> list[RunSpec]:
     """The runs of a sweep, in order: arm by arm, grid point by grid point, seed by seed.
 
+    A profile with ``arms:`` of its own runs those instead of the sweep's.
+
     Args:
         spec: The sweep (see :func:`load_sweep`).
         profile: The profile's settings (see :func:`profile_of`).
@@ -145,8 +156,9 @@ def expand(
         seeds = list(profile["seeds"])
     limit = profile.get("grid_points")
     shared = list(profile.get("overrides", []))
+    arms = profile.get("arms") or spec["arms"]
     runs = []
-    for arm, body in spec["arms"].items():
+    for arm, body in arms.items():
         if only and arm not in only:
             continue
         body = body or {}
@@ -159,7 +171,7 @@ def expand(
                 run_overrides = [*body.get("overrides", []), *(f"{k}={v}" for k, v in params.items()), f"seed={seed}"]
                 runs.append(RunSpec(arm, params, int(seed), [*shared, *run_overrides, *overrides]))
     if only and not runs:
-        raise ConfigError(f"no arm named {only}; arms: {', '.join(spec['arms'])}")
+        raise ConfigError(f"no arm named {only}; arms: {', '.join(arms)}")
     return runs
 
 
