@@ -75,7 +75,7 @@ def test_expand_full_and_tiny(project: Path) -> None:
         profile_of(spec, "gpu")
 
 
-def test_a_profile_with_its_own_arms_runs_only_those(project: Path) -> None:
+def test_a_profile_with_its_own_arms_runs_only_those(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from keel.core.config import find_experiment
     from keel.core.sweep import profile_of
 
@@ -95,6 +95,13 @@ def test_a_profile_with_its_own_arms_runs_only_those(project: Path) -> None:
     with pytest.raises(ConfigError, match="no arm named"):
         expand(spec, profile_of(spec, "longer"), [], only=["wide"])  # the sweep's arm, not this profile's
     assert len(expand(spec, profile_of(spec, "short"), [])) == 6  # other profiles keep the sweep's arms
+    # run in two parts: the analysis of the second sees the profile's arms, not the sweep's
+    assert main(["sweep", "toy", "--profile", "longer", "--only", "plain"]) == 0
+    sweep_dir = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("sweep_dir:")).split()[1]
+    assert main(["sweep", "toy", "--profile", "longer", "--resume", sweep_dir, "--only", "plain_long"]) == 0
+    runs = json.loads((Path(sweep_dir) / "sweep.json").read_text())["runs"]
+    assert [(r["arm"], r["seed"]) for r in runs] == [("plain", 0), ("plain", 1), ("plain_long", 0), ("plain_long", 1)]
+    assert [r["summary"]["global_step"] for r in runs] == [2, 2, 5, 5]
     sweep.write_text(
         SWEEP.replace("analysis:\n  _target_", own_arms.replace("{}", "{steps: 3}") + "analysis:\n  _target_")
     )
